@@ -161,6 +161,7 @@ class VideoGemmaConfig(PreTrainedConfig):
         use_image_encoder: bool = True,
         use_video_encoder: bool = True,
         chat_template: str | None = None,
+        sources: dict[str, str | None] | None = None,
         **kwargs: Any,
     ) -> None:
         self.text_config = _sub_config(text_config, "gemma3_text")
@@ -176,6 +177,8 @@ class VideoGemmaConfig(PreTrainedConfig):
         self.use_image_encoder = use_image_encoder
         self.use_video_encoder = use_video_encoder
         self.chat_template = chat_template
+        # Where the pretrained parts came from (HF ids / paths), so a trained output can rebuild its base.
+        self.sources = dict(sources or {})
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", True))
         super().__init__(**kwargs)
         if num_frames % keyframe_chunk_size and num_frames > keyframe_chunk_size:

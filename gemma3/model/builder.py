@@ -1,0 +1,224 @@
+"""Build the custom model from real checkpoints, and load trained outputs back.
+
+Sources are HF ids or local folders (the text backbone may be a multimodal Gemma checkpoint; its text decoder is
+taken out). What a training run writes, and what `load_model` reads:
+
+- a full model folder (``config.json`` of type ``video_gemma`` + weights): `from_pretrained`;
+- a trainables folder (``config.json`` + ``non_lora_trainables.safetensors``, e.g. after projector pretraining):
+  the base is rebuilt from the sources recorded in the config, then the trained tensors are loaded;
+- an adapter folder (the above + PEFT's ``adapter_config.json`` / ``adapter_model.safetensors``): the same, then
+  the LoRA/DoRA adapter is attached.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM
+from gemma3.model import backbones
+from gemma3.model.configuration import ProjectorConfig, VideoGemmaConfig, VideoMambaConfig
+from gemma3.model.encoders import CLIPImageEncoder
+from gemma3.model.modeling import VideoGemmaForCausalLM
+
+logger = logging.getLogger(__name__)
+
+TRAINABLES_FILE = "non_lora_trainables.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+# Placeholder candidates, in order of preference. Reserved tokens keep the vocabulary (and the tied head) intact.
+IMAGE_PLACEHOLDERS = ("<image_soft_token>", "<|image|>", "<unused0>")
+VIDEO_PLACEHOLDERS = ("<video_soft_token>", "<|video|>", "<unused1>")
+
+
+def _first_known_token(tokenizer: PreTrainedTokenizerBase, candidates: tuple[str, ...], exclude: int = -1) -> int:
+    vocab = tokenizer.get_vocab()
+    for tok in candidates:
+        tid = vocab.get(tok)
+        if tid is not None and tid != exclude and tid != tokenizer.unk_token_id:
+            return int(tid)
+    raise ValueError(
+        f"The tokenizer has none of the placeholder tokens {candidates}; add one as a special token and resize "
+        "the embeddings, or pass image_token_id / video_token_id explicitly"
+    )
+
+
+def choose_placeholder_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """(image_token_id, video_token_id): real ids from the vocabulary (soft-token ids, else reserved tokens)."""
+    image_id = _first_known_token(tokenizer, IMAGE_PLACEHOLDERS)
+    video_id = _first_known_token(tokenizer, VIDEO_PLACEHOLDERS, exclude=image_id)
+    return image_id, video_id
+
+
+def build_model(
+    llm: str | Path = DEFAULT_LLM,
+    image_encoder: str | Path | None = DEFAULT_IMAGE_ENCODER,
+    video_encoder: str | Path | None = None,
+    video_size: str = "middle",
+    num_frames: int = 16,
+    keyframe_chunk_size: int = 8,
+    keyframes_per_chunk: int = 4,
+    image_output_grid: int = 7,
+    video_output_grid: int = 7,
+    use_video_encoder: bool = True,
+    dtype: torch.dtype = torch.float32,
+    image_encoder_config: dict | None = None,
+    video_encoder_config: dict | None = None,
+) -> tuple[VideoGemmaForCausalLM, PreTrainedTokenizerBase]:
+    """Assemble the model from real checkpoints.
+
+    Args:
+        llm: Gemma text or multimodal checkpoint (HF id or folder).
+        image_encoder: CLIP checkpoint (HF id or folder). ``None`` builds CLIP from ``image_encoder_config``
+            (random weights; for tests and CPU demos).
+        video_encoder: an official OpenGVLab VideoMamba ``.pth`` file; ``None`` leaves VideoMamba randomly
+            initialised (a warning says so).
+        video_size: ``tiny`` / ``small`` / ``middle``.
+        num_frames, keyframe_chunk_size, keyframes_per_chunk: frame sampling and key-frame selection.
+        image_output_grid, video_output_grid: ETP pooled grid sides (tokens per frame = grid**2).
+        use_video_encoder: False gives a CLIP-only model (video = CLIP tokens of key frames).
+        dtype: parameter dtype (bf16 on GPU; fp32 on CPU).
+        image_encoder_config / video_encoder_config: overrides for encoders built without checkpoints.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    image_id, video_id = choose_placeholder_ids(tokenizer)
+    lm = backbones.load_text_backbone(llm, dtype=dtype)
+    if image_encoder is not None:
+        clip = CLIPImageEncoder.from_pretrained(image_encoder, dtype=dtype)
+    else:
+        from transformers import CLIPVisionConfig
+
+        clip = CLIPImageEncoder(CLIPVisionConfig(**(image_encoder_config or {})))
+    clip_cfg = clip.config
+    chunk = min(keyframe_chunk_size, num_frames)
+    num_keyframes = (num_frames // chunk) * min(keyframes_per_chunk, chunk)
+    vm_cfg = VideoMambaConfig.from_size(
+        video_size,
+        **{"img_size": clip_cfg.image_size, "num_frames": num_keyframes, **(video_encoder_config or {})},
+    )
+    config = VideoGemmaConfig(
+        text_config=lm.config,
+        vision_config=clip_cfg,
+        video_config=vm_cfg,
+        projector_config=ProjectorConfig(
+            video_input_grid=vm_cfg.out_grid,
+            video_output_grid=video_output_grid,
+            image_input_grid=clip.grid_size,
+            image_output_grid=image_output_grid,
+        ),
+        image_token_id=image_id,
+        video_token_id=video_id,
+        num_frames=num_frames,
+        keyframe_chunk_size=keyframe_chunk_size,
+        keyframes_per_chunk=keyframes_per_chunk,
+        use_video_encoder=use_video_encoder,
+        sources={
+            "llm": str(llm),
+            "image_encoder": None if image_encoder is None else str(image_encoder),
+            "video_encoder": None if video_encoder is None else str(video_encoder),
+        },
+    )
+    model = VideoGemmaForCausalLM(config)
+    # Swap in the loaded sub-models (the freshly initialised ones are discarded).
+    model.language_model = lm
+    model.image_encoder = clip
+    if use_video_encoder:
+        if video_encoder is not None:
+            from gemma3.model.videomamba import load_videomamba_checkpoint
+
+            load_videomamba_checkpoint(model.video_encoder, video_encoder)
+        else:
+            logger.warning("No VideoMamba checkpoint given: the video encoder is randomly initialised")
+    model.tie_weights()
+    return model.to(dtype), tokenizer
+
+
+def save_trainables(model: torch.nn.Module, out_dir: str | Path, names: list[str] | None = None) -> Path:
+    """Write the non-LoRA trainable tensors (projectors, unfrozen encoders) to ``non_lora_trainables.safetensors``.
+
+    Names are stored without PEFT's ``base_model.model.`` prefix so they load into a plain model too.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for name, p in model.named_parameters():
+        if (names is not None and name not in names) or (names is None and not p.requires_grad):
+            continue
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        state[_strip_peft(name)] = p.detach().to("cpu").contiguous()
+    path = out / TRAINABLES_FILE
+    save_file(state, str(path))
+    return path
+
+
+def load_trainables(model: torch.nn.Module, path: str | Path) -> list[str]:
+    """Load tensors written by `save_trainables`; every stored name must exist in the model."""
+    state = load_file(str(path))
+    params = {_strip_peft(n): p for n, p in model.named_parameters()}
+    missing = sorted(k for k in state if k not in params)
+    if missing:
+        raise KeyError(f"{path}: {len(missing)} stored tensors are not in the model, e.g. {missing[:5]}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor.to(params[name].dtype))
+    return sorted(state)
+
+
+def _strip_peft(name: str) -> str:
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".base_layer.", ".")
+
+
+def _rebuild_base(config: VideoGemmaConfig, dtype: torch.dtype) -> VideoGemmaForCausalLM:
+    sources = getattr(config, "sources", None) or {}
+    if not sources.get("llm"):
+        raise ValueError("The saved config records no model sources; cannot rebuild the base model")
+    model, _ = build_model(
+        llm=sources["llm"],
+        image_encoder=sources.get("image_encoder"),
+        video_encoder=sources.get("video_encoder"),
+        video_size="middle",
+        num_frames=config.num_frames,
+        keyframe_chunk_size=config.keyframe_chunk_size,
+        keyframes_per_chunk=config.keyframes_per_chunk,
+        image_output_grid=config.projector_config.image_output_grid,
+        video_output_grid=config.projector_config.video_output_grid,
+        use_video_encoder=config.use_video_encoder,
+        dtype=dtype,
+        image_encoder_config=None if sources.get("image_encoder") else config.vision_config.to_dict(),
+        video_encoder_config=config.video_config.to_dict(),
+    )
+    return model
+
+
+def load_model(
+    path: str | Path, dtype: torch.dtype = torch.float32, merge_lora: bool = False
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """Load a trained output folder (full model, trainables-only, or adapter + trainables); see module doc."""
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no config.json (not a model or training output folder)")
+    config = VideoGemmaConfig.from_pretrained(path)
+    has_full = any(path.glob("model*.safetensors")) or any(path.glob("pytorch_model*.bin"))
+    if has_full:
+        model = VideoGemmaForCausalLM.from_pretrained(path, dtype=dtype)
+    else:
+        model = _rebuild_base(config, dtype)
+    if (path / ADAPTER_CONFIG).exists():
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(path))
+        if merge_lora:
+            model = model.merge_and_unload()
+    if (path / TRAINABLES_FILE).exists():
+        loaded = load_trainables(model, path / TRAINABLES_FILE)
+        logger.info("Loaded %d trained tensors from %s", len(loaded), path / TRAINABLES_FILE)
+    tok_src = path if (path / "tokenizer_config.json").exists() else config.sources["llm"]
+    tokenizer = AutoTokenizer.from_pretrained(tok_src)
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,264 @@
+"""The Mobile-VideoGPT-style model: CLIP + VideoMamba -> ETP projectors -> spliced into a Gemma decoder.
+
+Visual features replace the embeddings of placeholder tokens (``config.video_token_id`` /
+``config.image_token_id``) with `masked_scatter`; the counts are checked first. Placeholder positions are given
+the pad id before embedding, so Gemma-3n / Gemma 4 per-layer inputs computed from ids stay well defined.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from constants import IGNORE_INDEX
+from gemma3.model import backbones
+from gemma3.model.configuration import ProjectorConfig, VideoGemmaConfig, VideoMambaConfig
+from gemma3.model.encoders import CLIPImageEncoder, clip_to_imagenet, select_keyframes
+from gemma3.model.projector import ETPProjector
+
+logger = logging.getLogger(__name__)
+
+
+class VideoGemmaPreTrainedModel(PreTrainedModel):
+    config_class = VideoGemmaConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    _no_split_modules = ["CLIPEncoderLayer", "Block"]
+    _skip_keys_device_placement = ["past_key_values"]
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        # Sub-models (Gemma, CLIP, VideoMamba) initialise themselves; only the projectors need ours.
+        if isinstance(module, ETPProjector):
+            for lin in (module.mlp[0], module.mlp[2]):
+                torch.nn.init.xavier_uniform_(lin.weight)
+                torch.nn.init.zeros_(lin.bias)
+            torch.nn.init.zeros_(module.dwconv.weight)
+            torch.nn.init.zeros_(module.dwconv.bias)
+
+
+class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
+    """Gemma language model with video (VideoMamba + CLIP key frames) and image (CLIP) inputs."""
+
+    def __init__(self, config: VideoGemmaConfig) -> None:
+        super().__init__(config)
+        if config.use_video_encoder and config.video_config.num_frames != config.num_keyframes:
+            raise ValueError(
+                f"video_config.num_frames={config.video_config.num_frames} must equal the number of key frames "
+                f"({config.num_keyframes} = num_frames {config.num_frames} / chunk {config.keyframe_chunk_size} "
+                f"x {config.keyframes_per_chunk})"
+            )
+        self.language_model = backbones.build_text_backbone(config.text_config)
+        hidden = config.text_config.hidden_size
+        proj: ProjectorConfig = config.projector_config
+        self.image_encoder = None
+        self.image_projector = None
+        if config.use_image_encoder:
+            self.image_encoder = CLIPImageEncoder(config.vision_config, config.vision_feature_layer)
+            grid = self.image_encoder.grid_size
+            if grid != proj.image_input_grid:
+                raise ValueError(f"CLIP grid is {grid}x{grid} but projector image_input_grid={proj.image_input_grid}")
+            self.image_projector = ETPProjector(
+                config.vision_config.hidden_size, hidden, grid, proj.image_output_grid, proj.hidden_act, proj.use_norm
+            )
+        self.video_encoder = None
+        self.video_projector = None
+        if config.use_video_encoder:
+            from gemma3.model.videomamba import VideoMambaModel
+
+            vcfg: VideoMambaConfig = config.video_config
+            self.video_encoder = VideoMambaModel(vcfg)
+            if vcfg.out_grid != proj.video_input_grid:
+                raise ValueError(
+                    f"VideoMamba out_grid={vcfg.out_grid} but projector video_input_grid={proj.video_input_grid}"
+                )
+            self.video_projector = ETPProjector(
+                vcfg.embed_dim, hidden, vcfg.out_grid, proj.video_output_grid, proj.hidden_act, proj.use_norm
+            )
+        self.post_init()
+
+    # ---- embeddings plumbing expected by GenerationMixin / PEFT ----
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: torch.nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> torch.nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    def get_decoder(self) -> torch.nn.Module:
+        return backbones.decoder_of(self.language_model)
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.config.text_config.pad_token_id
+        return 0 if pad is None else int(pad)
+
+    # ---- visual features ----
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values [N, 3, S, S] -> image soft tokens [N, image_output_grid**2, hidden]."""
+        if self.image_encoder is None:
+            raise ValueError("This model was built without an image encoder (use_image_encoder=False)")
+        return self.image_projector(self.image_encoder(pixel_values))
+
+    def get_video_features(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        """pixel_values_videos [V, T, 3, S, S] (CLIP-normalised) -> video soft tokens [V, num_video_tokens, hidden].
+
+        CLIP encodes every frame; attention-based selection keeps the key frames; VideoMamba encodes the key frames.
+        Per key frame the VideoMamba tokens come first, then that frame's CLIP tokens.
+        """
+        cfg = self.config
+        v, t = pixel_values_videos.shape[:2]
+        if t != cfg.num_frames:
+            raise ValueError(f"Videos must have num_frames={cfg.num_frames} frames, got {t}")
+        parts = []
+        if self.image_encoder is not None:
+            clip_tokens = self.image_encoder(pixel_values_videos.flatten(0, 1))  # [V*T, N, Dc]
+            clip_tokens = clip_tokens.unflatten(0, (v, t))  # [V, T, N, Dc]
+            keep = select_keyframes(clip_tokens, cfg.keyframe_chunk_size, cfg.keyframes_per_chunk)  # [V, K]
+            key_clip = torch.stack([clip_tokens[i, keep[i]] for i in range(v)])  # [V, K, N, Dc]
+            k = keep.shape[1]
+            clip_soft = self.image_projector(key_clip.flatten(0, 1)).unflatten(0, (v, k))  # [V, K, gi*gi, H]
+        else:
+            k = cfg.num_keyframes
+            keep = torch.linspace(0, t - 1, k, device=pixel_values_videos.device).round().long().expand(v, k)
+            clip_soft = None
+        if self.video_encoder is not None:
+            key_pixels = torch.stack([pixel_values_videos[i, keep[i]] for i in range(v)])  # [V, K, 3, S, S]
+            dtype = next(self.video_encoder.parameters()).dtype
+            mamba_tokens = self.video_encoder(clip_to_imagenet(key_pixels.float()).to(dtype))  # [V, K, gv*gv, Dv]
+            video_soft = self.video_projector(mamba_tokens.flatten(0, 1)).unflatten(0, (v, k))  # [V, K, g*g, H]
+            parts.append(video_soft)
+        if clip_soft is not None:
+            parts.append(clip_soft)
+        return torch.cat(parts, dim=2).flatten(1, 2)  # [V, K*(gv*gv + gi*gi), H]
+
+    def _scatter(
+        self, embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, features: torch.Tensor | None, kind: str
+    ) -> torch.Tensor:
+        mask = input_ids == token_id  # [B, L]
+        n_tokens = int(mask.sum())
+        n_features = 0 if features is None else features.shape[0] * features.shape[1]
+        if n_tokens != n_features:
+            raise ValueError(
+                f"{kind} placeholder tokens and {kind} features do not match: {n_tokens} placeholder tokens "
+                f"(id {token_id}) in input_ids but {n_features} {kind} feature vectors"
+            )
+        if n_tokens == 0:
+            return embeds
+        feats = features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        return embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), feats)
+
+    def embed_inputs(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token embeddings with visual features spliced in; also per-layer inputs for Gemma-3n / 4.
+
+        Returns inputs_embeds [B, L, H] and per_layer_inputs [B, L, layers, d] or None.
+        """
+        cfg = self.config
+        placeholder = (input_ids == cfg.image_token_id) | (input_ids == cfg.video_token_id)
+        ids = input_ids.masked_fill(placeholder, self.pad_token_id)
+        embeds = self.get_input_embeddings()(ids)  # [B, L, H], already scaled by sqrt(H)
+        per_layer = backbones.per_layer_inputs(self.language_model, ids)
+        videos = None if pixel_values_videos is None else self.get_video_features(pixel_values_videos)
+        images = None if pixel_values is None else self.get_image_features(pixel_values)
+        embeds = self._scatter(embeds, input_ids, cfg.video_token_id, videos, "video")
+        embeds = self._scatter(embeds, input_ids, cfg.image_token_id, images, "image")
+        return embeds, per_layer
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Causal-LM forward.
+
+        With ``labels`` the loss is computed from logits at supervised positions only (the 262k-word head is the
+        dominant cost on CPU), and ``logits`` holds those positions' logits [num_supervised, V].
+        """
+        per_layer = None
+        if inputs_embeds is None:
+            if input_ids is None:
+                raise ValueError("Pass input_ids (or inputs_embeds)")
+            inputs_embeds, per_layer = self.embed_inputs(input_ids, pixel_values, pixel_values_videos)
+        decoder_kwargs = {"per_layer_inputs": per_layer} if per_layer is not None else {}
+        outputs = self.get_decoder()(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **decoder_kwargs,
+            **kwargs,
+        )
+        hidden = outputs.last_hidden_state  # [B, L, H]
+        loss = None
+        if labels is not None:
+            shift_labels = labels[:, 1:]  # [B, L-1]
+            supervised = shift_labels != IGNORE_INDEX
+            if not bool(supervised.any()):
+                raise ValueError("labels supervise no token (all are IGNORE_INDEX): check the loss mask")
+            logits = backbones.lm_logits(self.language_model, hidden[:, :-1][supervised])  # [S, V]
+            loss = F.cross_entropy(logits.float(), shift_labels[supervised])
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = backbones.lm_logits(self.language_model, hidden[:, keep])  # [B, L', V]
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    def trainable_module_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """Parameters by component: language_model, image_encoder, video_encoder, projectors."""
+        groups: dict[str, list[torch.nn.Parameter]] = {
+            "language_model": [],
+            "image_encoder": [],
+            "video_encoder": [],
+            "projector": [],
+        }
+        for name, p in self.named_parameters():
+            groups[component_of(name)].append(p)
+        return groups
+
+
+def component_of(param_name: str) -> str:
+    """Component a parameter name belongs to (works with PEFT's ``base_model.model.`` prefix)."""
+    for key, group in (
+        ("image_projector", "projector"),
+        ("video_projector", "projector"),
+        ("image_encoder", "image_encoder"),
+        ("video_encoder", "video_encoder"),
+    ):
+        if f"{key}." in param_name:
+            return group
+    return "language_model"
+
+
+AutoConfig.register(VideoGemmaConfig.model_type, VideoGemmaConfig, exist_ok=True)
+AutoConfig.register(VideoMambaConfig.model_type, VideoMambaConfig, exist_ok=True)
+AutoConfig.register(ProjectorConfig.model_type, ProjectorConfig, exist_ok=True)
+AutoModelForCausalLM.register(VideoGemmaConfig, VideoGemmaForCausalLM, exist_ok=True)
