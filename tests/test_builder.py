@@ -25,8 +25,14 @@ def test_text_decoder_taken_out_of_multimodal_checkpoint(tmp_path):
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
     )
     text = tiny_text_config("gemma3")
-    vlm_config = Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4,
-                              image_token_index=299, boi_token_index=297, eoi_token_index=296)
+    vlm_config = Gemma3Config(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_index=299,
+        boi_token_index=297,
+        eoi_token_index=296,
+    )
     vlm = Gemma3ForConditionalGeneration(vlm_config).eval()
     vlm.save_pretrained(tmp_path)
     lm = backbones.load_text_backbone(tmp_path).eval()

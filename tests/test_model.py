@@ -84,7 +84,9 @@ def test_placeholder_count_mismatch_names_both_numbers():
     model = VideoGemmaForCausalLM(config)
     batch = _batch(config, batch=1)
     batch["pixel_values"] = torch.randn(2, 3, 32, 32)  # two images, one placeholder run
-    with pytest.raises(ValueError, match=rf"{config.num_image_tokens} placeholder tokens .* {2 * config.num_image_tokens}"):
+    with pytest.raises(
+        ValueError, match=rf"{config.num_image_tokens} placeholder tokens .* {2 * config.num_image_tokens}"
+    ):
         model(**batch)
     batch = _batch(config, batch=1, with_image=False)
     batch["input_ids"] = batch["input_ids"][:, 1:]  # drop a token: still fine

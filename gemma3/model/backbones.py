@@ -78,9 +78,7 @@ _MULTIMODAL_KEY_MAPPING: dict[str, str] = {
 }
 
 
-def load_text_backbone(
-    name_or_path: str | Path, dtype: torch.dtype | str | None = None, **kwargs
-) -> PreTrainedModel:
+def load_text_backbone(name_or_path: str | Path, dtype: torch.dtype | str | None = None, **kwargs) -> PreTrainedModel:
     """Load a Gemma causal LM from an HF id or local folder.
 
     Text checkpoints load directly. For a multimodal checkpoint (Gemma 3 4B-IT, Gemma-3n, Gemma 4) the text decoder

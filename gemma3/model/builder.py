@@ -68,6 +68,7 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     image_encoder_config: dict | None = None,
     video_encoder_config: dict | None = None,
+    quantization_config=None,
 ) -> tuple[VideoGemmaForCausalLM, PreTrainedTokenizerBase]:
     """Assemble the model from real checkpoints.
 
@@ -83,10 +84,12 @@ def build_model(
         use_video_encoder: False gives a CLIP-only model (video = CLIP tokens of key frames).
         dtype: parameter dtype (bf16 on GPU; fp32 on CPU).
         image_encoder_config / video_encoder_config: overrides for encoders built without checkpoints.
+        quantization_config: a `BitsAndBytesConfig` for the language model (QLoRA; CUDA only).
     """
     tokenizer = AutoTokenizer.from_pretrained(llm)
     image_id, video_id = choose_placeholder_ids(tokenizer)
-    lm = backbones.load_text_backbone(llm, dtype=dtype)
+    lm_kwargs = {"quantization_config": quantization_config} if quantization_config is not None else {}
+    lm = backbones.load_text_backbone(llm, dtype=dtype, **lm_kwargs)
     if image_encoder is not None:
         clip = CLIPImageEncoder.from_pretrained(image_encoder, dtype=dtype)
     else:
@@ -134,7 +137,9 @@ def build_model(
         else:
             logger.warning("No VideoMamba checkpoint given: the video encoder is randomly initialised")
     model.tie_weights()
-    return model.to(dtype), tokenizer
+    if quantization_config is None:
+        model = model.to(dtype)
+    return model, tokenizer
 
 
 def save_trainables(model: torch.nn.Module, out_dir: str | Path, names: list[str] | None = None) -> Path:

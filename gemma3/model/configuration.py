@@ -182,9 +182,7 @@ class VideoGemmaConfig(PreTrainedConfig):
         kwargs.setdefault("tie_word_embeddings", getattr(self.text_config, "tie_word_embeddings", True))
         super().__init__(**kwargs)
         if num_frames % keyframe_chunk_size and num_frames > keyframe_chunk_size:
-            raise ValueError(
-                f"num_frames={num_frames} must be a multiple of keyframe_chunk_size={keyframe_chunk_size}"
-            )
+            raise ValueError(f"num_frames={num_frames} must be a multiple of keyframe_chunk_size={keyframe_chunk_size}")
         if not (use_image_encoder or use_video_encoder):
             raise ValueError("At least one of use_image_encoder / use_video_encoder must be True")
 

@@ -1,0 +1,124 @@
+"""Command-line arguments of the one training entry point (every stage, both model families).
+
+Flag names follow the seed recipes (``--model_id --data_path --image_folder --use_lora --lora_r ...``); the rest
+are standard `transformers.TrainingArguments`. A YAML file given with ``--config FILE`` supplies defaults that
+command-line flags override.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+from transformers import TrainingArguments as HFTrainingArguments
+
+from constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM, DEFAULT_MAX_BAD_FRACTION, DEFAULT_NUM_FRAMES
+
+STAGES = ("pretrain", "finetune")
+FAMILIES = ("custom", "native", "auto")
+
+
+@dataclass
+class ModelArguments:
+    model_id: str = field(default=DEFAULT_LLM, metadata={"help": "LLM (custom) or VLM (native): HF id or folder"})
+    model_family: str = field(default="auto", metadata={"help": "custom | native | auto (from the checkpoint)"})
+    image_encoder: str | None = field(default=DEFAULT_IMAGE_ENCODER, metadata={"help": "CLIP id/folder; 'none'"})
+    video_encoder: str | None = field(default=None, metadata={"help": "official VideoMamba .pth (custom)"})
+    video_size: str = field(default="middle", metadata={"help": "VideoMamba size: tiny | small | middle"})
+    use_video_encoder: bool = field(default=True)
+    image_output_grid: int = field(default=7, metadata={"help": "ETP pooled grid side for CLIP tokens"})
+    video_output_grid: int = field(default=7, metadata={"help": "ETP pooled grid side for VideoMamba tokens"})
+    keyframe_chunk_size: int = field(default=8)
+    keyframes_per_chunk: int = field(default=4)
+    image_encoder_config: str | None = field(
+        default=None, metadata={"help": "JSON/YAML file of CLIPVisionConfig fields: build CLIP without weights"}
+    )
+    video_encoder_config: str | None = field(default=None, metadata={"help": "JSON/YAML of VideoMambaConfig fields"})
+    pretrained_projector: str | None = field(
+        default=None, metadata={"help": "pretrain-stage output folder whose projectors to start from"}
+    )
+    use_lora: bool = field(default=False)
+    use_dora: bool = field(default=False)
+    lora_r: int = field(default=16)
+    lora_alpha: int = field(default=32)
+    lora_dropout: float = field(default=0.05)
+    lora_target_modules: str = field(
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        metadata={"help": "comma list of module names, or 'all-linear'"},
+    )
+    lora_include_vision: bool = field(default=False, metadata={"help": "also adapt vision modules (native)"})
+    bits: int = field(default=16, metadata={"help": "16 (no quantisation), 8 or 4 (QLoRA; needs CUDA)"})
+    freeze_language_model: bool | None = field(default=None)
+    freeze_vision_tower: bool | None = field(default=None)
+    freeze_projector: bool | None = field(default=None)
+    merge_lora: bool = field(default=False, metadata={"help": "also write a merged plain-HF export at the end"})
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(default="", metadata={"help": "annotation file(s), comma-separated, or dataset names"})
+    image_folder: str | None = field(default=None, metadata={"help": "media root for images / frames"})
+    video_folder: str | None = field(default=None, metadata={"help": "media root for videos (default image_folder)"})
+    eval_data_path: str | None = field(default=None)
+    num_frames: int = field(default=DEFAULT_NUM_FRAMES)
+    max_length: int = field(default=2048)
+    frame_sampling: str = field(default="uniform", metadata={"help": "uniform | fps"})
+    max_bad_fraction: float = field(default=DEFAULT_MAX_BAD_FRACTION)
+    template: str | None = field(default=None, metadata={"help": "chat template override (gemma, gemma4, plain)"})
+
+
+@dataclass
+class TrainingArguments(HFTrainingArguments):
+    stage: str = field(default="finetune", metadata={"help": "pretrain (projector alignment) | finetune"})
+    projector_lr: float | None = field(default=None, metadata={"help": "None: learning_rate; 0: frozen"})
+    image_encoder_lr: float | None = field(default=None, metadata={"help": "CLIP / native vision; None or 0: frozen"})
+    video_encoder_lr: float | None = field(default=None, metadata={"help": "VideoMamba; None or 0: frozen"})
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "fraction of steps for warm-up (seed-recipe flag; sets warmup_steps)"}
+    )
+    plot_loss: bool = field(default=True)
+    output_dir: str = field(default="outputs/run")
+    report_to: str | list[str] = field(default="none")
+
+    def __post_init__(self) -> None:
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+            self.warmup_steps = self.warmup_ratio
+        super().__post_init__()
+
+
+def _yaml_to_argv(path: str | Path) -> list[str]:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of flag -> value")
+    argv = []
+    for key, value in data.items():
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        argv += [f"--{key}", str(value)]
+    return argv
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse ``--config FILE`` (YAML defaults) followed by command-line overrides."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        argv = _yaml_to_argv(argv[i + 1]) + argv[:i] + argv[i + 2 :]
+    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    if train_args.stage not in STAGES:
+        raise ValueError(f"--stage must be one of {STAGES}, got {train_args.stage!r}")
+    if model_args.model_family not in FAMILIES:
+        raise ValueError(f"--model_family must be one of {FAMILIES}, got {model_args.model_family!r}")
+    if model_args.bits not in (4, 8, 16):
+        raise ValueError(f"--bits must be 4, 8 or 16, got {model_args.bits}")
+    if not data_args.data_path:
+        raise ValueError("--data_path is required")
+    if model_args.image_encoder and model_args.image_encoder.lower() == "none":
+        model_args.image_encoder = None
+    return model_args, data_args, train_args
