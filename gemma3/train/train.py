@@ -123,7 +123,6 @@ def setup_custom(model_args: ModelArguments, data_args: DataArguments, train_arg
     """Custom model, tokenizer, data plugin, template and component function."""
     from conversation import get_template, template_for_config
     from dataset import CustomModelPlugin
-
     from gemma3.model.builder import TRAINABLES_FILE, build_model, load_model, load_trainables
     from gemma3.model.modeling import component_of
 
@@ -220,7 +219,6 @@ def apply_trainable(
 def build_datasets(data_args: DataArguments, plugin, tokenizer, template):
     """Training (and optional eval) datasets from annotation files or registered dataset names."""
     from dataset import SupervisedDataset, load_annotations
-
     from gemma3.config.dataset_config import resolve_datasets
 
     def make(spec: str):

@@ -1,0 +1,197 @@
+"""Frame sampling, video/image reading and preprocessing, and media-tag expansion.
+
+Readers: decord first, PyAV when decord is missing or fails on a file; frame folders (``frame_1.jpg ...``, sorted
+by the number in the name) and single images. Frames come back as uint8 ``[T, H, W, 3]`` numpy arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from constants import CLIP_MEAN, CLIP_STD, IMAGE_EXTENSIONS, IMAGE_TAG, VIDEO_TAG
+
+logger = logging.getLogger(__name__)
+
+
+class MediaError(ValueError):
+    """A media file that cannot be used (missing, unreadable, no frames); the message names the file."""
+
+
+@dataclass
+class VideoFrames:
+    frames: np.ndarray  # [T, H, W, 3] uint8
+    indices: list[int]  # frame indices taken from the source
+    source_frames: int  # frames in the source
+    source_fps: float | None
+    backend: str
+
+
+def sample_frame_indices(
+    total: int, num_frames: int, mode: str = "uniform", source_fps: float | None = None, fps: float = 1.0
+) -> list[int]:
+    """Frame indices to read.
+
+    ``uniform``: the centres of ``num_frames`` equal segments. ``fps``: one frame every ``1/fps`` seconds, then
+    uniformly thinned to ``num_frames`` if there are more. Fewer candidates than ``num_frames`` are repeated
+    (nearest-earlier frame) so every clip yields exactly ``num_frames`` frames.
+    """
+    if total <= 0:
+        raise MediaError("video has no frames")
+    if mode == "uniform":
+        candidates = list(range(total))
+    elif mode == "fps":
+        if not source_fps or source_fps <= 0:
+            raise MediaError("fps sampling needs the source frame rate")
+        step = source_fps / fps
+        candidates = sorted({min(total - 1, int(round(k * step))) for k in range(int(total / step) + 1)})
+    else:
+        raise ValueError(f"unknown sampling mode {mode!r} (uniform | fps)")
+    n = len(candidates)
+    picks = [candidates[min(n - 1, int((i + 0.5) * n / num_frames))] for i in range(num_frames)]
+    return picks
+
+
+def _natural_key(path: Path) -> tuple:
+    nums = re.findall(r"\d+", path.stem)
+    return (int(nums[-1]) if nums else -1, path.name)
+
+
+def list_frame_files(folder: str | Path) -> list[Path]:
+    """Image files of a frame folder in numeric order (frame_2 before frame_10)."""
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(files, key=_natural_key)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One image as uint8 [H, W, 3]."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError as err:
+        raise MediaError(f"{path}: file not found") from err
+    except Exception as err:  # PIL raises many kinds
+        raise MediaError(f"{path}: unreadable image ({err})") from err
+
+
+def read_frame_list(paths: list[str | Path], num_frames: int) -> VideoFrames:
+    """A clip given as image files (a frame folder's files, or an HF-messages frame sequence)."""
+    if not paths:
+        raise MediaError("empty frame list")
+    idx = sample_frame_indices(len(paths), num_frames)
+    cache: dict[int, np.ndarray] = {}
+    frames = [cache.setdefault(i, read_image(paths[i])) for i in idx]
+    return VideoFrames(np.stack(frames), idx, len(paths), None, "frames")
+
+
+def _read_decord(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrames:
+    import decord
+
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+    total, src_fps = len(vr), float(vr.get_avg_fps())
+    idx = sample_frame_indices(total, num_frames, mode, src_fps, fps)
+    frames = vr.get_batch(idx).asnumpy()
+    return VideoFrames(frames, idx, total, src_fps, "decord")
+
+
+def _read_pyav(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrames:
+    """Decode forward only up to the last wanted frame (never the whole clip when fewer are needed)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        src_fps = float(stream.average_rate) if stream.average_rate else None
+        total = stream.frames
+        if not total and stream.duration and src_fps:
+            total = int(stream.duration * stream.time_base * src_fps)
+        if not total:  # no metadata: count by decoding
+            total = sum(1 for _ in container.decode(stream))
+            container.seek(0)
+        idx = sample_frame_indices(total, num_frames, mode, src_fps, fps)
+        wanted = sorted(set(idx))
+        got: dict[int, np.ndarray] = {}
+        for i, frame in enumerate(container.decode(stream)):
+            if i in wanted:
+                got[i] = frame.to_ndarray(format="rgb24")
+            if i >= wanted[-1]:
+                break
+    if not got:
+        raise MediaError(f"{path}: no decodable frames")
+    last = max(got)
+    frames = [got.get(i, got[last]) if i <= last else got[last] for i in idx]  # short stream: hold last frame
+    return VideoFrames(np.stack(frames), idx, total, src_fps, "pyav")
+
+
+def read_video(
+    path: str | Path, num_frames: int, sample: str = "uniform", fps: float = 1.0, backend: str = "auto"
+) -> VideoFrames:
+    """Read ``num_frames`` frames of a video file, a frame folder or a single image.
+
+    ``backend``: ``auto`` (decord, then PyAV on failure), ``decord`` or ``pyav``.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(f"{path}: file not found")
+    if path.is_dir():
+        files = list_frame_files(path)
+        if not files:
+            raise MediaError(f"{path}: frame folder has no images")
+        return read_frame_list(files, num_frames)
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        img = read_image(path)
+        return VideoFrames(np.stack([img] * num_frames), [0] * num_frames, 1, None, "image")
+    readers = {"decord": _read_decord, "pyav": _read_pyav}
+    order = ["decord", "pyav"] if backend == "auto" else [backend]
+    errors = []
+    for name in order:
+        try:
+            return readers[name](path, num_frames, sample, fps)
+        except ImportError as err:
+            errors.append(f"{name}: not installed ({err})")
+        except MediaError:
+            raise
+        except Exception as err:  # decoder errors vary by backend
+            errors.append(f"{name}: {err}")
+            logger.debug("%s failed on %s: %s", name, path, err)
+    raise MediaError(f"{path}: unreadable video ({'; '.join(errors)})")
+
+
+def preprocess_frames(
+    frames: np.ndarray | torch.Tensor,
+    size: int,
+    mean: tuple[float, float, float] = CLIP_MEAN,
+    std: tuple[float, float, float] = CLIP_STD,
+) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> normalised float [T, 3, size, size]: resize the shorter side, centre-crop."""
+    x = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0  # [T, 3, H, W]
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    x = x[..., top : top + size, left : left + size].clamp(0, 1)
+    m = torch.tensor(mean).view(1, 3, 1, 1)
+    s = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+class MediaExpander:
+    """Maps ``<video>`` / ``<image>`` to the exact placeholder ids the model fills (from its config)."""
+
+    def __init__(self, config) -> None:
+        self.table = {
+            VIDEO_TAG: [int(config.video_token_id)] * int(config.num_video_tokens),
+            IMAGE_TAG: [int(config.image_token_id)] * int(config.num_image_tokens),
+        }
+
+    def __call__(self, tag: str) -> list[int]:
+        return self.table[tag]
