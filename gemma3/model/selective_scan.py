@@ -92,6 +92,10 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     each timestep costs one in-place ``addcmul`` over all channels. Grouped B/C (``[B, G, N, L]``, channels split
     into G equal groups) let independent scans, e.g. the two directions of a bidirectional Mamba, share one loop.
     """
+    if torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)
+    ):
+        return _selective_scan_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block)
     dtype = u.dtype
     delta = _prepare(delta, delta_bias, delta_softplus)  # [B, D, L]
     b, d, length = u.shape
@@ -122,6 +126,34 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
         y = torch.einsum("kbgcn,kbgn->kbgc", x.view(m, b, g, d // g, n), C_t[s:e])  # <h_t, C_t>
         y_t[s:e] = y.reshape(m, b, d)
     return _finish(y_t.permute(1, 2, 0), u, D, z, dtype)
+
+
+def _selective_scan_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block: int):
+    """The blocked scan with out-of-place steps, so autograd can differentiate it (training)."""
+    dtype = u.dtype
+    delta = _prepare(delta, delta_bias, delta_softplus)  # [B, D, L]
+    b, d, length = u.shape
+    n = A.shape[1]
+    Bg, Cg = _grouped(B).float(), _grouped(C).float()
+    g = Bg.shape[1]
+    dl_t = delta.permute(2, 0, 1)  # [L, B, D]
+    du_t = (delta * u.float()).permute(2, 0, 1).reshape(length, b, g, d // g, 1)
+    B_t = Bg.permute(3, 0, 1, 2)[:, :, :, None, :]  # [L, B, G, 1, N]
+    C_t = Cg.permute(3, 0, 1, 2)  # [L, B, G, N]
+    h = u.new_zeros(b, d, n, dtype=torch.float32)
+    ys = []
+    for s in range(0, length, block):
+        e = min(s + block, length)
+        m = e - s
+        dA = torch.exp(dl_t[s:e, :, :, None] * A.float())  # [m, B, D, N]
+        x = (du_t[s:e] * B_t[s:e]).reshape(m, b, d, n)  # [m, B, D, N]
+        hs = []
+        for t in range(m):
+            h = torch.addcmul(x[t], dA[t], h)
+            hs.append(h)
+        hb = torch.stack(hs).view(m, b, g, d // g, n)
+        ys.append(torch.einsum("kbgcn,kbgn->kbgc", hb, C_t[s:e]).reshape(m, b, d))
+    return _finish(torch.cat(ys).permute(1, 2, 0), u, D, z, dtype)
 
 
 def selective_scan(
