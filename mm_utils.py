@@ -7,6 +7,7 @@ by the number in the name) and single images. Frames come back as uint8 ``[T, H,
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,7 @@ def sample_frame_indices(
         if not source_fps or source_fps <= 0:
             raise MediaError("fps sampling needs the source frame rate")
         step = source_fps / fps
-        candidates = sorted({min(total - 1, int(round(k * step))) for k in range(int(total / step) + 1)})
+        candidates = sorted({min(total - 1, int(round(k * step))) for k in range(max(1, math.ceil(total / step)))})
     else:
         raise ValueError(f"unknown sampling mode {mode!r} (uniform | fps)")
     n = len(candidates)

@@ -1,0 +1,63 @@
+"""Small media files made by the tests themselves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def frame_value(i: int) -> int:
+    """Grey level that identifies frame i (distinct after lossy encoding)."""
+    return (i * 23 + 10) % 250
+
+
+def make_frames(n: int, size: int = 32) -> np.ndarray:
+    """[n, size, size, 3] uint8 frames, frame i a flat grey of frame_value(i)."""
+    return np.stack([np.full((size, size, 3), frame_value(i), np.uint8) for i in range(n)])
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
+    """Encode frames as an mp4 with PyAV (h264, or mpeg4 when h264 is unavailable)."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for codec in ("libx264", "h264", "mpeg4"):
+        try:
+            with av.open(str(path), "w") as out:
+                stream = out.add_stream(codec, rate=fps)
+                stream.width, stream.height = frames.shape[2], frames.shape[1]
+                stream.pix_fmt = "yuv420p"
+                if codec != "mpeg4":
+                    stream.options = {"crf": "10", "g": "4"}
+                for f in frames:
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                        out.mux(packet)
+                for packet in stream.encode():
+                    out.mux(packet)
+            return path
+        except Exception:  # codec missing in this PyAV build
+            continue
+    raise RuntimeError("no usable video encoder in PyAV")
+
+
+def write_frame_folder(folder: str | Path, frames: np.ndarray) -> list[Path]:
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, f in enumerate(frames, 1):
+        p = folder / f"frame_{i}.jpg"
+        Image.fromarray(f).save(p, quality=95)
+        paths.append(p)
+    return paths
+
+
+def write_json(path: str | Path, obj) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
+    return path

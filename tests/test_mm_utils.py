@@ -1,0 +1,92 @@
+"""Frame sampling, the two video readers, frame folders, preprocessing, tag expansion."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from media_utils import frame_value, make_frames, write_frame_folder, write_video
+
+from constants import IMAGE_TAG, VIDEO_TAG
+from mm_utils import (
+    MediaError,
+    MediaExpander,
+    list_frame_files,
+    preprocess_frames,
+    read_video,
+    sample_frame_indices,
+)
+
+
+def test_uniform_sampling_picks_segment_centres():
+    assert sample_frame_indices(16, 4) == [2, 6, 10, 14]
+    assert sample_frame_indices(10, 5) == [1, 3, 5, 7, 9]
+    assert sample_frame_indices(3, 6) == [0, 0, 1, 1, 2, 2]  # fewer frames: repeated
+    with pytest.raises(MediaError, match="no frames"):
+        sample_frame_indices(0, 4)
+
+
+def test_fps_sampling_takes_one_frame_per_second():
+    # 10 s at 8 fps = 80 frames; 1 fps gives frames 0, 8, ..., 72 (+80 clipped); thinned to 4.
+    idx = sample_frame_indices(80, 10, "fps", source_fps=8.0, fps=1.0)
+    assert idx == [0, 8, 16, 24, 32, 40, 48, 56, 64, 72]
+    assert sample_frame_indices(80, 4, "fps", source_fps=8.0, fps=1.0) == [8, 24, 48, 64]
+    with pytest.raises(ValueError, match="unknown sampling"):
+        sample_frame_indices(10, 2, "random")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return write_video(tmp_path_factory.mktemp("v") / "clip.mp4", make_frames(24))
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_readers_return_the_sampled_frames(clip, backend):
+    v = read_video(clip, 6, backend=backend)
+    assert v.frames.shape == (6, 32, 32, 3) and v.frames.dtype == np.uint8
+    assert v.indices == sample_frame_indices(24, 6)
+    got = v.frames.reshape(6, -1).mean(1)
+    want = np.array([frame_value(i) for i in v.indices])
+    assert np.abs(got - want).max() < 6, (got, want)
+
+
+def test_both_readers_agree(clip):
+    a = read_video(clip, 8, backend="decord").frames.astype(int)
+    b = read_video(clip, 8, backend="pyav").frames.astype(int)
+    assert np.abs(a - b).max() <= 3
+
+
+def test_corrupt_and_missing_files_raise_naming_the_file(tmp_path):
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42 definitely not a video" * 10)
+    with pytest.raises(MediaError, match="broken.mp4"):
+        read_video(bad, 4)
+    with pytest.raises(MediaError, match="not found"):
+        read_video(tmp_path / "nope.mp4", 4)
+
+
+def test_frame_folder_sorted_numerically(tmp_path):
+    frames = make_frames(12)
+    write_frame_folder(tmp_path / "f", frames)
+    names = [p.name for p in list_frame_files(tmp_path / "f")]
+    assert names[:3] == ["frame_1.jpg", "frame_2.jpg", "frame_3.jpg"] and names[-1] == "frame_12.jpg"
+    v = read_video(tmp_path / "f", 4)
+    means = v.frames.reshape(4, -1).mean(1)
+    assert np.abs(means - [frame_value(i) for i in v.indices]).max() < 3
+
+
+def test_preprocess_resizes_crops_and_normalises():
+    frames = np.zeros((2, 40, 60, 3), np.uint8)
+    frames[..., 0] = 255
+    x = preprocess_frames(frames, 32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert x.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(x[:, 0], torch.ones(2, 32, 32))
+    torch.testing.assert_close(x[:, 1], -torch.ones(2, 32, 32))
+
+
+def test_expander_uses_model_counts():
+    class Cfg:
+        video_token_id, image_token_id, num_video_tokens, num_image_tokens = 7, 6, 5, 3
+
+    e = MediaExpander(Cfg())
+    assert e(VIDEO_TAG) == [7] * 5 and e(IMAGE_TAG) == [6] * 3
