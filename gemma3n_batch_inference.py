@@ -116,8 +116,8 @@ class Predictor:
         greedy = logprobs.argmax(-1) == targets
         rows = supervised.nonzero()[:, 0]  # row of each supervised position
         sums = torch.zeros(len(samples), device=token_lp.device).index_add_(0, rows, token_lp)
-        all_greedy = torch.ones(len(samples), dtype=torch.bool, device=token_lp.device)
-        all_greedy.index_reduce_(0, rows, greedy, "amin")
+        all_greedy = torch.ones(len(samples), dtype=torch.long, device=token_lp.device)
+        all_greedy.index_reduce_(0, rows, greedy.long(), "amin")
         return [(float(v), bool(g)) for v, g in zip(sums, all_greedy)]
 
     def rank_candidates(self, sample, candidates: list[str]) -> list[float]:

@@ -54,7 +54,8 @@ def test_text_and_ids_match_official_template(tok, case):
     ref = _official(tok, msgs)
     # Image items render as <image> tags here; the official template writes <start_of_image>.
     assert render_text(msgs, tpl).replace("<image>", "<start_of_image>") == ref
-    out = render_conversation(msgs, tok, tpl, media_expander=lambda tag: tok.convert_tokens_to_ids(["<start_of_image>"]))
+    soi = tok.convert_tokens_to_ids(["<start_of_image>"])
+    out = render_conversation(msgs, tok, tpl, media_expander=lambda tag: soi)
     assert out.input_ids == tok(ref, add_special_tokens=False).input_ids
 
 
@@ -75,7 +76,8 @@ def test_label_mask_covers_exactly_assistant_replies_and_end_of_turn(tok):
     expected = []
     for m in msgs:
         if m["role"] == "assistant":
-            expected += tok(m["content"], add_special_tokens=False).input_ids + [tok.convert_tokens_to_ids("<end_of_turn>")]
+            expected += tok(m["content"], add_special_tokens=False).input_ids
+            expected.append(tok.convert_tokens_to_ids("<end_of_turn>"))
     assert sup == expected
     # Supervised ids sit exactly where the labels say: labels equal ids there.
     assert all(lab in (IGNORE_INDEX, i) for lab, i in zip(out.labels, out.input_ids))

@@ -142,16 +142,36 @@ def build_model(
     return model, tokenizer
 
 
+def unsourced_components(model: torch.nn.Module) -> list[str]:
+    """Encoders built without a checkpoint (random init): their weights must travel with every save."""
+    config = getattr(model, "config", None)
+    sources = getattr(config, "sources", None) or {}
+    if config is None or getattr(config, "model_type", None) != "video_gemma":
+        return []
+    out = []
+    if config.use_image_encoder and not sources.get("image_encoder"):
+        out.append("image_encoder")
+    if config.use_video_encoder and not sources.get("video_encoder"):
+        out.append("video_encoder")
+    return out
+
+
 def save_trainables(model: torch.nn.Module, out_dir: str | Path, names: list[str] | None = None) -> Path:
-    """Write the non-LoRA trainable tensors (projectors, unfrozen encoders) to ``non_lora_trainables.safetensors``.
+    """Write the non-LoRA tensors a reload needs to ``non_lora_trainables.safetensors``: the trainable ones
+    (projectors, unfrozen encoders) and those of encoders that have no checkpoint to rebuild them from.
 
     Names are stored without PEFT's ``base_model.model.`` prefix so they load into a plain model too.
     """
+    from gemma3.model.modeling import component_of
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    keep = set(unsourced_components(base))
     state = {}
     for name, p in model.named_parameters():
-        if (names is not None and name not in names) or (names is None and not p.requires_grad):
+        wanted = p.requires_grad or component_of(name) in keep
+        if (names is not None and name not in names) or (names is None and not wanted):
             continue
         if "lora_" in name or "modules_to_save" in name:
             continue

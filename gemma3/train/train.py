@@ -254,7 +254,7 @@ def resolve_resume(train_args: TrainingArguments) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    """Train; returns a summary (final loss, steps, output folder)."""
+    """Train; returns a summary (output folder, steps, losses) and the trained model."""
     argv = list(sys.argv[1:] if argv is None else argv)
     ensure_distributed_env(argv)
     model_args, data_args, train_args = parse_args(argv)
@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> dict:
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
         "losses": losses,
+        "model": trainer.accelerator.unwrap_model(trainer.model),
+        "data_stats": str(stats) if stats is not None else None,
     }
 
 

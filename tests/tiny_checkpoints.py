@@ -1,0 +1,111 @@
+"""Tiny real checkpoints on disk, for tests of the loading, training and inference code paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from media_utils import write_json, write_video
+from tiny_models import tiny_text_config
+from transformers import AutoTokenizer
+
+from gemma3.model import backbones
+
+CLIP_CFG = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+VIDEOMAMBA_CFG = {"embed_dim": 32, "depth": 2, "patch_size": 8, "d_state": 4, "out_grid": 2}
+CLASSES = ["moving left", "moving right"]
+
+
+def make_llm(root: Path, gemma270m_dir: Path, family: str = "gemma3") -> Path:
+    """A 2-layer Gemma text model with the real Gemma 3 tokenizer (262k vocabulary), saved as an HF folder."""
+    out = root / f"tiny-{family}"
+    if out.exists():
+        return out
+    tok = AutoTokenizer.from_pretrained(gemma270m_dir)
+    cfg = tiny_text_config(family, vocab_size=len(tok), hidden=32)
+    lm = backbones.build_text_backbone(cfg)
+    lm.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def make_encoder_configs(root: Path) -> tuple[Path, Path]:
+    clip, vm = root / "clip.json", root / "videomamba.json"
+    clip.write_text(json.dumps(CLIP_CFG))
+    vm.write_text(json.dumps(VIDEOMAMBA_CFG))
+    return clip, vm
+
+
+def make_dataset(root: Path, n: int = 4, frames: int = 8, size: int = 32) -> Path:
+    """n clips of a bright square moving left or right, LLaVA-style annotations."""
+    rng = np.random.default_rng(0)
+    recs = []
+    for i in range(n):
+        label = i % 2
+        clip = np.zeros((frames, size, size, 3), np.uint8) + rng.integers(0, 60, 3).astype(np.uint8)
+        for t in range(frames):
+            x = 4 + t * 2 if label else size - 12 - t * 2
+            clip[t, 12:20, x : x + 8] = 230
+        write_video(root / "videos" / f"clip{i}.mp4", clip)
+        recs.append(
+            {
+                "id": f"clip{i}",
+                "video": f"videos/clip{i}.mp4",
+                "conversations": [
+                    {"from": "human", "value": "<video>\nWhat action is shown?"},
+                    {"from": "gpt", "value": CLASSES[label]},
+                ],
+            }
+        )
+    return write_json(root / "train.json", recs)
+
+
+def custom_train_args(llm: Path, clip_cfg: Path, vm_cfg: Path, data: Path, out: Path, **extra) -> list[str]:
+    """CLI flags of gemma3/train/train.py for the tiny custom model (as scripts/finetune_qved.sh passes them)."""
+    args = {
+        "model_family": "custom",
+        "model_id": str(llm),
+        "image_encoder": "none",
+        "image_encoder_config": str(clip_cfg),
+        "video_encoder_config": str(vm_cfg),
+        "video_size": "tiny",
+        "num_frames": 4,
+        "keyframe_chunk_size": 2,
+        "keyframes_per_chunk": 1,
+        "image_output_grid": 2,
+        "video_output_grid": 2,
+        "data_path": str(data),
+        "video_folder": str(data.parent),
+        "output_dir": str(out),
+        "per_device_train_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-3,
+        "max_steps": 3,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "seed": 0,
+        "dataloader_num_workers": 0,
+        "warmup_ratio": 0.0,
+        "lr_scheduler_type": "cosine",
+        "max_length": 256,
+    }
+    args.update(extra)
+    argv = []
+    for k, v in args.items():
+        argv += [f"--{k}", str(v)]
+    return argv
+
+
+def clean(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
