@@ -185,6 +185,32 @@ def preprocess_frames(
     return (x - m) / s
 
 
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, crf: int = 10) -> Path:
+    """Encode uint8 frames [T, H, W, 3] as an mp4 with PyAV (H.264, or MPEG-4 Part 2 when H.264 is missing)."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for codec in ("libx264", "h264", "mpeg4"):
+        try:
+            with av.open(str(path), "w") as out:
+                stream = out.add_stream(codec, rate=fps)
+                stream.width, stream.height = frames.shape[2], frames.shape[1]
+                stream.pix_fmt = "yuv420p"
+                if codec != "mpeg4":
+                    stream.options = {"crf": str(crf), "g": "4"}
+                for f in frames:
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(f), format="rgb24")):
+                        out.mux(packet)
+                for packet in stream.encode():
+                    out.mux(packet)
+            return path
+        except Exception as err:  # codec not built into this PyAV
+            errors.append(f"{codec}: {err}")
+    raise MediaError(f"{path}: no usable video encoder ({'; '.join(errors)})")
+
+
 class MediaExpander:
     """Maps ``<video>`` / ``<image>`` to the exact placeholder ids the model fills (from its config)."""
 

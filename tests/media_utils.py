@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mm_utils import write_video  # noqa: F401  (re-exported for the tests)
+
 
 def frame_value(i: int) -> int:
     """Grey level that identifies frame i (distinct after lossy encoding)."""
@@ -16,31 +18,6 @@ def frame_value(i: int) -> int:
 def make_frames(n: int, size: int = 32) -> np.ndarray:
     """[n, size, size, 3] uint8 frames, frame i a flat grey of frame_value(i)."""
     return np.stack([np.full((size, size, 3), frame_value(i), np.uint8) for i in range(n)])
-
-
-def write_video(path: str | Path, frames: np.ndarray, fps: int = 8) -> Path:
-    """Encode frames as an mp4 with PyAV (h264, or mpeg4 when h264 is unavailable)."""
-    import av
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for codec in ("libx264", "h264", "mpeg4"):
-        try:
-            with av.open(str(path), "w") as out:
-                stream = out.add_stream(codec, rate=fps)
-                stream.width, stream.height = frames.shape[2], frames.shape[1]
-                stream.pix_fmt = "yuv420p"
-                if codec != "mpeg4":
-                    stream.options = {"crf": "10", "g": "4"}
-                for f in frames:
-                    for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                        out.mux(packet)
-                for packet in stream.encode():
-                    out.mux(packet)
-            return path
-        except Exception:  # codec missing in this PyAV build
-            continue
-    raise RuntimeError("no usable video encoder in PyAV")
 
 
 def write_frame_folder(folder: str | Path, frames: np.ndarray) -> list[Path]:

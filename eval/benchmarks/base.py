@@ -1,0 +1,115 @@
+"""Benchmark interface and registry: each benchmark reads its data, builds prompts, and scores predictions."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+BENCHMARKS: dict[str, type[Benchmark]] = {}
+
+
+def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
+    BENCHMARKS[cls.name] = cls
+    return cls
+
+
+def get_benchmark(name: str, **kwargs) -> Benchmark:
+    if name not in BENCHMARKS:
+        raise KeyError(f"Unknown benchmark {name!r}; registered: {sorted(BENCHMARKS)}")
+    return BENCHMARKS[name](**kwargs)
+
+
+@dataclass
+class EvalSample:
+    id: str
+    media: str | None
+    prompt: str
+    reference: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def read_predictions(path: str | Path) -> list[dict]:
+    """Predictions JSONL (``id``, ``prediction``, optional ``reference`` and extras); a torn last line is skipped."""
+    out = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "id" not in rec:
+            raise ValueError(f"{path}:{n}: prediction record has no 'id'")
+        rec.setdefault("prediction", "")
+        out.append(rec)
+    return out
+
+
+def references_from_annotations(path: str | Path) -> dict[str, dict]:
+    """id -> {reference, question, media, extras} from an annotation file (either format, or MVBench-style)."""
+    from dataset import read_records
+
+    refs = {}
+    for i, rec in enumerate(read_records(path)):
+        rid = str(rec.get("id", i))
+        if "conversations" in rec:
+            turns = rec["conversations"]
+            ref = next((t["value"] for t in reversed(turns) if t.get("from") in ("gpt", "assistant")), None)
+            q = next((t["value"] for t in turns if t.get("from") in ("human", "user")), "")
+        elif "messages" in rec:
+
+            def text(m):
+                c = m["content"]
+                return c if isinstance(c, str) else "".join(x.get("text", "") for x in c if x.get("type") == "text")
+
+            ref = next((text(m) for m in reversed(rec["messages"]) if m["role"] == "assistant"), None)
+            q = next((text(m) for m in rec["messages"] if m["role"] == "user"), "")
+        else:
+            ref, q = rec.get("answer"), rec.get("question", "")
+        refs[rid] = {
+            **{k: v for k, v in rec.items() if k not in ("conversations", "messages")},
+            "reference": ref,
+            "question": q,
+        }
+    return refs
+
+
+class Benchmark:
+    """One benchmark: ``load_samples`` -> ``build_prompt`` -> (model) -> ``score`` -> ``plot``."""
+
+    name: ClassVar[str] = ""
+    tag: ClassVar[str] = "<video>"
+
+    def load_samples(self, annotation_path: str | Path, media_root: str | Path | None = None) -> list[EvalSample]:
+        refs = references_from_annotations(annotation_path)
+        root = Path(media_root or Path(annotation_path).parent)
+        out = []
+        for rid, r in refs.items():
+            media = r.get("video") or r.get("image")
+            out.append(EvalSample(rid, str(root / media) if media else None, self.build_prompt(r), r["reference"], r))
+        return out
+
+    def build_prompt(self, record: dict) -> str:
+        q = record.get("question") or ""
+        return q if self.tag in q else f"{self.tag}\n{q}"
+
+    def score(self, predictions: list[dict], references: dict[str, dict] | None = None) -> dict:
+        raise NotImplementedError
+
+    def plot(self, results: dict, out_png: str | Path) -> Path | None:
+        return None
+
+    @staticmethod
+    def pair(predictions: list[dict], references: dict[str, dict] | None) -> list[tuple[dict, str]]:
+        """(prediction record, reference) for every prediction; missing references are an error."""
+        out = []
+        for p in predictions:
+            ref = p.get("reference")
+            if references is not None and str(p["id"]) in references:
+                ref = references[str(p["id"])]["reference"]
+            if ref is None:
+                raise ValueError(f"prediction {p['id']!r} has no reference (pass --annotations)")
+            out.append((p, ref))
+        return out

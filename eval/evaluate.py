@@ -1,0 +1,150 @@
+"""Score predictions on a benchmark: prints a table, writes metrics.json and a PNG.
+
+    python eval/evaluate.py --benchmark action_recognition --predictions preds.jsonl --classes classes.txt
+    python eval/evaluate.py --benchmark mcq --predictions preds.jsonl --annotations mvbench.json
+    python eval/evaluate.py --benchmark qevd --model_path outputs/finetune --annotations test.json --media_root data
+
+Given ``--model_path`` (and ``--annotations``) it first runs batched inference (resumable) itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.benchmarks import get_benchmark  # noqa: E402
+from eval.benchmarks.base import read_predictions, references_from_annotations  # noqa: E402
+
+
+def load_classes(path_or_list) -> list[str] | None:
+    if path_or_list is None or isinstance(path_or_list, list):
+        return path_or_list
+    path = Path(path_or_list)
+    text = path.read_text()
+    if path.suffix == ".json":
+        return list(json.loads(text))
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def evaluate(
+    benchmark: str,
+    predictions: str | Path | list[dict],
+    annotations: str | Path | None = None,
+    classes=None,
+    synonyms: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    embedder=None,
+    use_embeddings: bool = False,
+    plot: bool = True,
+) -> dict:
+    """Score a predictions file (or list) and write ``metrics.json`` + a PNG into ``output_dir``."""
+    preds = read_predictions(predictions) if not isinstance(predictions, list) else predictions
+    refs = references_from_annotations(annotations) if annotations else None
+    kwargs = {}
+    if benchmark in ("action_recognition", "image_classification"):
+        kwargs["classes"] = load_classes(classes)
+        kwargs["synonyms"] = json.loads(Path(synonyms).read_text()) if synonyms else None
+    if embedder is None and use_embeddings:
+        from eval.metrics import MiniLMEmbedder
+
+        embedder = MiniLMEmbedder()
+    kwargs["embedder"] = embedder
+    bench = get_benchmark(benchmark, **kwargs)
+    results = bench.score(preds, refs)
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(results, indent=1))
+        if plot:
+            results["plot"] = str(bench.plot(results, out / f"{benchmark}.png"))
+    return results
+
+
+def run_model_then_evaluate(
+    benchmark: str,
+    model_path: str,
+    annotations: str,
+    media_root: str | None,
+    output_dir: str | Path,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    runner: Callable[[list[str]], dict] | None = None,
+    **kw,
+) -> dict:
+    """Generate predictions with the batched inference script (resumable), then score them."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preds = out / "predictions.jsonl"
+    argv = [
+        "--model_path",
+        model_path,
+        "--annotations",
+        annotations,
+        "--output",
+        str(preds),
+        "--batch_size",
+        str(batch_size),
+        "--max_new_tokens",
+        str(max_new_tokens),
+    ] + (["--media_root", media_root] if media_root else [])
+    if runner is None:
+        import gemma3n_batch_inference
+
+        runner = gemma3n_batch_inference.main
+    runner(argv)
+    return evaluate(benchmark, preds, annotations=annotations, output_dir=out, **kw)
+
+
+def format_table(results: dict) -> str:
+    rows = [(k, v) for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for k, v in (results.get("per_task") or {}).items():
+        rows.append((f"task/{k}", v))
+    width = max((len(k) for k, _ in rows), default=10)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--benchmark", required=True)
+    ap.add_argument("--predictions", default=None)
+    ap.add_argument("--annotations", default=None)
+    ap.add_argument("--classes", default=None, help="txt (one per line) or JSON list")
+    ap.add_argument("--synonyms", default=None, help="JSON map class -> [synonyms]")
+    ap.add_argument("--embeddings", action="store_true", help="MiniLM similarity (matching / QEVD cosine)")
+    ap.add_argument("--output_dir", default="outputs/eval")
+    ap.add_argument("--model_path", default=None, help="run inference first with this model")
+    ap.add_argument("--media_root", default=None)
+    ap.add_argument("--batch_size", type=int, default=8)
+    args = ap.parse_args(argv)
+    common = dict(classes=args.classes, synonyms=args.synonyms, use_embeddings=args.embeddings)
+    if args.model_path:
+        if not args.annotations:
+            ap.error("--model_path needs --annotations")
+        results = run_model_then_evaluate(
+            args.benchmark,
+            args.model_path,
+            args.annotations,
+            args.media_root,
+            args.output_dir,
+            args.batch_size,
+            **common,
+        )
+    elif args.predictions:
+        results = evaluate(args.benchmark, args.predictions, args.annotations, output_dir=args.output_dir, **common)
+    else:
+        ap.error("give --predictions, or --model_path with --annotations")
+    print(format_table(results))
+    print(f"metrics: {Path(args.output_dir) / 'metrics.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
