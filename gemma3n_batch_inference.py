@@ -256,7 +256,13 @@ def load_predictor(
         plugin = CustomModelPlugin(config, num_frames=num_frames or config.num_frames)
         template = template_for_config(config)
     else:
-        from gemma3.model import native
+        try:
+            from gemma3.model import native
+        except ImportError as err:
+            raise NotImplementedError(
+                f"{model_path} is a native Gemma VLM ({model_type}); native inference is not available in this "
+                "version"
+            ) from err
 
         model, tokenizer = native.load_native_model(model_path, dtype=dtype)
         fam = native.native_family_for_config(model.config)

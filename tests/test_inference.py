@@ -82,3 +82,29 @@ def test_left_padding_uses_pad_not_eos(trained):
     assert tok.pad_token_id != tok.eos_token_id
     assert batch["input_ids"][0, 0] == tok.pad_token_id and batch["attention_mask"][0, 0] == 0
     assert torch.all(batch["attention_mask"][:, -1] == 1)
+
+
+def test_lmms_eval_plugin_methods(trained):
+    from types import SimpleNamespace
+
+    from eval.lmms_eval_plugin import VideoGemmaLMMS
+
+    root, data = trained
+    docs = {"t": {"test": [{"video": str(data.parent / "videos" / "clip0.mp4")},
+                           {"video": str(data.parent / "videos" / "clip1.mp4")}]}}
+    plugin = VideoGemmaLMMS(pretrained=str(root / "out"), batch_size=2, max_new_tokens=5, task_dict=docs)
+    to_visual = lambda doc: [doc["video"]]  # noqa: E731
+    gen = [SimpleNamespace(args=("What action is shown?", {"until": ["\n\n"], "max_new_tokens": 5}, to_visual, i,
+                                 "t", "test")) for i in range(2)]
+    texts = plugin.generate_until(gen)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    ll = plugin.loglikelihood([SimpleNamespace(args=("What action is shown?", c, to_visual, 0, "t", "test"))
+                               for c in ("moving left", "moving right")])
+    assert len(ll) == 2 and all(v < 0 and isinstance(g, bool) for v, g in ll)
+    # Same numbers as the predictor's own ranking of the two candidates.
+    from dataset import Media, Sample
+
+    s = Sample("x", [{"role": "user", "content": "<video>\nWhat action is shown?"}],
+               (Media("video", docs["t"]["test"][0]["video"]),))
+    ranked = plugin.predictor.rank_candidates(s, ["moving left", "moving right"])
+    assert [v for v, _ in ll] == pytest.approx(ranked, rel=1e-5)

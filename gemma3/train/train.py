@@ -159,7 +159,13 @@ def setup_custom(model_args: ModelArguments, data_args: DataArguments, train_arg
 
 def setup_native(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments):
     """Native Gemma VLM, its processor, the processor-based data plugin and component function."""
-    from gemma3.model import native
+    try:
+        from gemma3.model import native
+    except ImportError as err:
+        raise NotImplementedError(
+            "Native Gemma VLM fine-tuning (--model_family native) is not available in this version; "
+            "use --model_family custom"
+        ) from err
 
     dtype = torch.bfloat16 if train_args.bf16 else torch.float32
     quant = {16: None, 8: "8bit", 4: "4bit"}[model_args.bits]
