@@ -211,3 +211,19 @@ def test_deepspeed_zero2_on_cpu(assets, tmp_path):
     hp = json.loads((out / "hyperparameters.json").read_text())
     assert hp["training"]["deepspeed"].endswith("zero2.json")
     assert (out / "adapter_model.safetensors").exists() and (out / TRAINABLES_FILE).exists()
+
+
+def test_dora_paged_adamw_8bit_and_merged_export(assets, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    argv = _argv(assets, tmp_path / "dora", stage="finetune", use_lora=True, use_dora=True, max_steps=2,
+                 optim="paged_adamw_8bit", merge_lora=True)
+    res = T.main(argv)
+    names = [n for n, _ in res["model"].named_parameters()]
+    assert any("lora_magnitude_vector" in n for n in names)  # DoRA's magnitude vectors
+    assert all(map(lambda v: v == v, res["losses"]))  # finite (not NaN)
+    merged, _ = load_model(tmp_path / "dora" / "merged")
+    assert not any("lora_" in n for n, _ in merged.named_parameters())
+    trained = res["model"]  # still the adapter model: merged and unmerged must give the same logits
+    ids = torch.tensor([[2, 105, 2364, 107]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, trained(input_ids=ids).logits, rtol=1e-4, atol=1e-4)

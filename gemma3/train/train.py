@@ -312,9 +312,15 @@ def main(argv: list[str] | None = None) -> dict:
     stats = getattr(train_ds, "stats", None)
     if stats is not None:
         logger.info("Data: %s", stats)
-    if model_args.merge_lora and is_peft_model(trainer.model):
+    if model_args.merge_lora and is_peft_model(trainer.model) and trainer.is_world_process_zero():
+        # Rebuilt from the saved output (which this also checks), so the trained model is left as it is.
         merged_dir = out / "merged"
-        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        if family == "custom":
+            from gemma3.model.builder import load_model
+
+            merged, _ = load_model(out, merge_lora=True)
+        else:
+            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         merged.save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
         logger.info("Merged model written to %s", merged_dir)
