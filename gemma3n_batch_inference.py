@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
 from constants import IGNORE_INDEX, VIDEO_EXTENSIONS, VIDEO_TAG
 
 logger = logging.getLogger("gemma3n_batch_inference")

@@ -57,7 +57,7 @@ PRESETS = {
         lora_r=16,
         lora_alpha=32,
         max_length=256,
-        clips_per_class=40,
+        clips_per_class=80,
         bf16=False,
         eval_batch=16,
     ),

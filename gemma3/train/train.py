@@ -27,6 +27,7 @@ import yaml
 from transformers import AutoConfig, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
 from gemma3.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
 from gemma3.train.trainer import LossPlotCallback, VideoGemmaTrainer, is_peft_model
 
