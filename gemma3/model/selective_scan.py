@@ -85,6 +85,22 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return _finish(torch.stack(ys, dim=-1), u, D, z, dtype)
 
 
+def _time_major(u, delta, B, C, delta_bias, delta_softplus):
+    """Inputs of both blocked paths, laid out time-major: (delta [L,B,D], delta*u [L,B,G,D/G,1],
+    B [L,B,G,1,N], C [L,B,G,N], groups G)."""
+    delta = _prepare(delta, delta_bias, delta_softplus)  # [B, D, L]
+    b, d, length = u.shape
+    Bg, Cg = _grouped(B).float(), _grouped(C).float()
+    g = Bg.shape[1]
+    if d % g or Cg.shape[1] != g:
+        raise ValueError(f"{d} channels cannot be split into B/C groups {Bg.shape[1]} / {Cg.shape[1]}")
+    dl_t = delta.permute(2, 0, 1).contiguous()  # [L, B, D]
+    du_t = (delta * u.float()).permute(2, 0, 1).reshape(length, b, g, d // g, 1)  # [L, B, G, D/G, 1]
+    B_t = Bg.permute(3, 0, 1, 2)[:, :, :, None, :].contiguous()  # [L, B, G, 1, N]
+    C_t = Cg.permute(3, 0, 1, 2).contiguous()  # [L, B, G, N]
+    return dl_t, du_t, B_t, C_t, g
+
+
 def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, block: int = 64):
     """Blocked pure-PyTorch scan: exact fp32 recurrence (no log-space tricks that could overflow).
 
@@ -97,18 +113,10 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     ):
         return _selective_scan_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block)
     dtype = u.dtype
-    delta = _prepare(delta, delta_bias, delta_softplus)  # [B, D, L]
     b, d, length = u.shape
     n = A.shape[1]
-    Bg, Cg = _grouped(B).float(), _grouped(C).float()
-    g = Bg.shape[1]
-    if d % g or Cg.shape[1] != g:
-        raise ValueError(f"{d} channels cannot be split into B/C groups {Bg.shape[1]} / {Cg.shape[1]}")
     A_f = A.float()
-    dl_t = delta.permute(2, 0, 1).contiguous()  # [L, B, D]
-    du_t = (delta * u.float()).permute(2, 0, 1).reshape(length, b, g, d // g, 1)  # [L, B, G, D/G, 1]
-    B_t = Bg.permute(3, 0, 1, 2)[:, :, :, None, :].contiguous()  # [L, B, G, 1, N]
-    C_t = Cg.permute(3, 0, 1, 2).contiguous()  # [L, B, G, N]
+    dl_t, du_t, B_t, C_t, g = _time_major(u, delta, B, C, delta_bias, delta_softplus)
     k = min(block, length)
     decay = u.new_empty(k, b, d, n, dtype=torch.float32)  # exp(delta * A)
     state = u.new_empty(k, b, d, n, dtype=torch.float32)  # delta * B * u, overwritten in place by h_t
@@ -131,15 +139,9 @@ def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
 def _selective_scan_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block: int):
     """The blocked scan with out-of-place steps, so autograd can differentiate it (training)."""
     dtype = u.dtype
-    delta = _prepare(delta, delta_bias, delta_softplus)  # [B, D, L]
     b, d, length = u.shape
     n = A.shape[1]
-    Bg, Cg = _grouped(B).float(), _grouped(C).float()
-    g = Bg.shape[1]
-    dl_t = delta.permute(2, 0, 1)  # [L, B, D]
-    du_t = (delta * u.float()).permute(2, 0, 1).reshape(length, b, g, d // g, 1)
-    B_t = Bg.permute(3, 0, 1, 2)[:, :, :, None, :]  # [L, B, G, 1, N]
-    C_t = Cg.permute(3, 0, 1, 2)  # [L, B, G, N]
+    dl_t, du_t, B_t, C_t, g = _time_major(u, delta, B, C, delta_bias, delta_softplus)
     h = u.new_zeros(b, d, n, dtype=torch.float32)
     ys = []
     for s in range(0, length, block):
