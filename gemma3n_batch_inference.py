@@ -261,8 +261,7 @@ def load_predictor(
             from gemma3.model import native
         except ImportError as err:
             raise NotImplementedError(
-                f"{model_path} is a native Gemma VLM ({model_type}); native inference is not available in this "
-                "version"
+                f"{model_path} is a native Gemma VLM ({model_type}); native inference is not available in this version"
             ) from err
 
         model, tokenizer = native.load_native_model(model_path, dtype=dtype)

@@ -34,16 +34,30 @@ def main() -> None:
     from gemma3.pipeline import CPU_CLIP, CPU_VIDEOMAMBA
 
     model, tok = build_model(
-        llm=gemma3_270m_path(), image_encoder=None, image_encoder_config=CPU_CLIP, video_size="tiny",
-        video_encoder_config=CPU_VIDEOMAMBA, num_frames=8, keyframe_chunk_size=8, keyframes_per_chunk=4,
-        image_output_grid=2, video_output_grid=2,
+        llm=gemma3_270m_path(),
+        image_encoder=None,
+        image_encoder_config=CPU_CLIP,
+        video_size="tiny",
+        video_encoder_config=CPU_VIDEOMAMBA,
+        num_frames=8,
+        keyframe_chunk_size=8,
+        keyframes_per_chunk=4,
+        image_output_grid=2,
+        video_output_grid=2,
     )
     model.eval()
     with tempfile.TemporaryDirectory() as tmp:
-        make_synthetic_dataset(tmp, SyntheticConfig(clips_per_class=2, num_frames=8, variants=0))
-        samples = ds.load_annotations(Path(tmp) / "annotations" / "train.json")[: args.prompts]
-        pred = inf.Predictor(model, tok, ds.CustomModelPlugin(model.config), template_for_config(model.config),
-                             inf.GenerationConfig(max_new_tokens=args.new_tokens))
+        make_synthetic_dataset(tmp, SyntheticConfig(clips_per_class=4, num_frames=8, variants=0))
+        samples = ds.load_annotations(Path(tmp) / "annotations" / "train.json", media_root=tmp)[: args.prompts]
+        pred = inf.Predictor(
+            model,
+            tok,
+            ds.CustomModelPlugin(model.config),
+            template_for_config(model.config),
+            inf.GenerationConfig(max_new_tokens=args.new_tokens),
+        )
+        if len(samples) < args.prompts:
+            raise SystemExit(f"only {len(samples)} prompts available, {args.prompts} asked")
         feats = [pred.encode(inf.split_reference(s)[0]) for s in samples]
     # Force full-length generations so both settings produce the same number of tokens.
     model.generation_config.min_new_tokens = args.new_tokens

@@ -47,11 +47,15 @@ def main() -> None:
             def run():
                 for c in clips:
                     read_video(c, args.frames, backend=backend)
+
             return run
 
         results = {}
-        for name, fn in [("plain decord (whole clip)", plain_decord), ("project (decord)", project("decord")),
-                         ("project (pyav)", project("pyav"))]:
+        for name, fn in [
+            ("plain decord (whole clip)", plain_decord),
+            ("project (decord)", project("decord")),
+            ("project (pyav)", project("pyav")),
+        ]:
             fn()
             best = min(_timed(fn) for _ in range(args.repeats))
             results[name] = args.clips * args.frames / best

@@ -30,14 +30,22 @@ except ImportError:  # noqa: SIM105
 class VideoGemmaLMMS(_Base):
     """lmms-eval wrapper around `gemma3n_batch_inference.Predictor` (custom or native models)."""
 
-    def __init__(self, pretrained: str | None = None, batch_size: int | str = 1, max_new_tokens: int = 64,
-                 predictor=None, task_dict: dict | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        batch_size: int | str = 1,
+        max_new_tokens: int = 64,
+        predictor=None,
+        task_dict: dict | None = None,
+        **kwargs,
+    ) -> None:
         if _Base is not object:
             super().__init__()
         import gemma3n_batch_inference as inf
 
-        self.predictor = predictor or inf.load_predictor(pretrained, generation=inf.GenerationConfig(
-            max_new_tokens=int(max_new_tokens)))
+        self.predictor = predictor or inf.load_predictor(
+            pretrained, generation=inf.GenerationConfig(max_new_tokens=int(max_new_tokens))
+        )
         self.batch_size_per_gpu = int(batch_size)
         self.task_dict = task_dict or getattr(self, "task_dict", {})
         self._tmp = Path(tempfile.mkdtemp(prefix="lmms_visuals_"))

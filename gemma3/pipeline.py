@@ -209,12 +209,12 @@ def run(args: argparse.Namespace) -> dict:
             "--gradient_checkpointing",
             "True",
         ]
+
     def steps(n: int) -> dict:
         """Step budget (or epochs), logging often enough that short runs still get a loss curve."""
         if not n:
             return {"num_train_epochs": args.epochs}
         return {"max_steps": n, "logging_steps": max(1, min(10, n // 10))}
-
 
     # 3. projector (and, on CPU, encoder) pretraining
     pre = out / "pretrain"

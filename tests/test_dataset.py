@@ -32,15 +32,29 @@ def media(tmp_path):
 
 
 def _llava(root):
-    return [{"id": "c0", "video": "frames/clip0", "conversations": [
-        {"from": "human", "value": "<video>\nWhat is happening?"}, {"from": "gpt", "value": "squat - good depth"}]}]
+    return [
+        {
+            "id": "c0",
+            "video": "frames/clip0",
+            "conversations": [
+                {"from": "human", "value": "<video>\nWhat is happening?"},
+                {"from": "gpt", "value": "squat - good depth"},
+            ],
+        }
+    ]
 
 
 def _messages(root):
     imgs = [{"type": "image", "image": f"frames/clip0/frame_{i}.jpg"} for i in range(1, 5)]
-    return [{"id": "c0", "messages": [
-        {"role": "user", "content": [*imgs, {"type": "text", "text": "What is happening?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "squat - good depth"}]}]}]
+    return [
+        {
+            "id": "c0",
+            "messages": [
+                {"role": "user", "content": [*imgs, {"type": "text", "text": "What is happening?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "squat - good depth"}]},
+            ],
+        }
+    ]
 
 
 def test_both_annotation_formats_give_identical_batches(media, tok, config):
@@ -66,11 +80,26 @@ def test_messages_frames_as_separate_images(media):
 
 
 def test_collator_padding_sides(media, tok, config):
-    samples = ds.load_annotations(write_json(media / "l.json", [
-        {"id": "x", "video": "videos/a.mp4", "conversations": [
-            {"from": "human", "value": "<video>\nQ?"}, {"from": "gpt", "value": "a much longer answer here"}]},
-        {"id": "y", "video": "videos/a.mp4", "conversations": [
-            {"from": "human", "value": "<video>\nQ?"}, {"from": "gpt", "value": "short"}]}]))
+    samples = ds.load_annotations(
+        write_json(
+            media / "l.json",
+            [
+                {
+                    "id": "x",
+                    "video": "videos/a.mp4",
+                    "conversations": [
+                        {"from": "human", "value": "<video>\nQ?"},
+                        {"from": "gpt", "value": "a much longer answer here"},
+                    ],
+                },
+                {
+                    "id": "y",
+                    "video": "videos/a.mp4",
+                    "conversations": [{"from": "human", "value": "<video>\nQ?"}, {"from": "gpt", "value": "short"}],
+                },
+            ],
+        )
+    )
     plugin = ds.CustomModelPlugin(config)
     feats = [plugin.encode(s, tok, get_template("gemma")) for s in samples]
     right = plugin.collate(feats, "right")
@@ -83,8 +112,13 @@ def test_collator_padding_sides(media, tok, config):
 
 
 def test_bad_samples_skipped_counted_and_limit_enforced(media, tok, config):
-    recs = _llava(media) * 3 + [{"id": "bad", "video": "videos/missing.mp4", "conversations": [
-        {"from": "human", "value": "<video>\nQ"}, {"from": "gpt", "value": "A"}]}]
+    recs = _llava(media) * 3 + [
+        {
+            "id": "bad",
+            "video": "videos/missing.mp4",
+            "conversations": [{"from": "human", "value": "<video>\nQ"}, {"from": "gpt", "value": "A"}],
+        }
+    ]
     samples = ds.load_annotations(write_json(media / "b.json", recs))
     plugin = ds.CustomModelPlugin(config)
     d = ds.SupervisedDataset(samples, plugin, tok, get_template("gemma"), max_bad_fraction=0.5)
@@ -105,18 +139,37 @@ def test_validate_finds_each_kind_of_fault(media, tok, capsys):
         {"id": "missing", "video": "videos/none.mp4", "conversations": conv()},
         {"id": "corrupt", "video": "videos/corrupt.mp4", "conversations": conv()},
         {"id": "noreply", "video": "videos/a.mp4", "conversations": conv()[:1]},
-        {"id": "tags", "video": "videos/a.mp4", "conversations": [
-            {"from": "human", "value": "<video><video>\nQ"}, {"from": "gpt", "value": "A"}]},
+        {
+            "id": "tags",
+            "video": "videos/a.mp4",
+            "conversations": [{"from": "human", "value": "<video><video>\nQ"}, {"from": "gpt", "value": "A"}],
+        },
         {"id": "long", "video": "videos/a.mp4", "conversations": conv("word " * 200)},
         {"id": "broken"},
     ]
     path = write_json(media / "val.json", recs)
-    rc = ds.main(["validate", str(path), "--tokenizer", str(tok.name_or_path), "--max-length", "50",
-                  "--json", str(media / "report.json")])
+    rc = ds.main(
+        [
+            "validate",
+            str(path),
+            "--tokenizer",
+            str(tok.name_or_path),
+            "--max-length",
+            "50",
+            "--json",
+            str(media / "report.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 1
-    for idx, word in [(1, "not found"), (2, "unreadable"), (3, "no assistant"), (4, "2 <video> tags"),
-                      (5, "over max_length"), (6, "neither")]:
+    for idx, word in [
+        (1, "not found"),
+        (2, "unreadable"),
+        (3, "no assistant"),
+        (4, "2 <video> tags"),
+        (5, "over max_length"),
+        (6, "neither"),
+    ]:
         assert any(line.startswith(f"[{idx}]") and word in line for line in out.splitlines()), (idx, word, out)
     assert not any(line.startswith("[0]") for line in out.splitlines())
     assert "7 samples, 6 bad" in out

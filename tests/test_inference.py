@@ -43,8 +43,20 @@ def test_restart_skips_done_ids_and_bad_media_is_recorded(trained, tmp_path):
     ann = tmp_path / "ann.json"
     ann.write_text(json.dumps(recs))
     out = tmp_path / "preds.jsonl"
-    argv = ["--model_path", str(root / "out"), "--annotations", str(ann), "--media_root", str(data.parent),
-            "--output", str(out), "--batch_size", "3", "--max_new_tokens", "4"]
+    argv = [
+        "--model_path",
+        str(root / "out"),
+        "--annotations",
+        str(ann),
+        "--media_root",
+        str(data.parent),
+        "--output",
+        str(out),
+        "--batch_size",
+        "3",
+        "--max_new_tokens",
+        "4",
+    ]
     first = inf.main(argv + ["--limit", "4"])  # a run stopped part-way
     assert first["done"] == 4 and len(_read(out)) == 4
     with out.open("a") as f:
@@ -66,17 +78,19 @@ def test_rank_candidates_prefers_trained_answer(trained):
     sample = ds.load_annotations(data)[0]
     scores = pred.rank_candidates(sample, ["moving left", "moving right", "zebra crossing"])
     assert len(scores) == 3 and all(s < 0 for s in scores)
-    (ll, greedy), = pred.loglikelihood([sample])
+    ((ll, greedy),) = pred.loglikelihood([sample])
     assert isinstance(greedy, bool) and ll == pytest.approx(
-        pred.rank_candidates(sample, [sample.reference])[0], rel=1e-5)
+        pred.rank_candidates(sample, [sample.reference])[0], rel=1e-5
+    )
 
 
 def test_left_padding_uses_pad_not_eos(trained):
     root, data = trained
     pred = inf.load_predictor(str(root / "out"))
     samples = [inf.split_reference(s)[0] for s in ds.load_annotations(data)[:2]]
-    samples[1] = ds.Sample(samples[1].id, [{"role": "user", "content": "<video>\n" + "longer prompt " * 5}],
-                           samples[1].media)
+    samples[1] = ds.Sample(
+        samples[1].id, [{"role": "user", "content": "<video>\n" + "longer prompt " * 5}], samples[1].media
+    )
     batch = pred.plugin.collate([pred.encode(s) for s in samples], padding_side="left")
     tok = pred.text_tokenizer
     assert tok.pad_token_id != tok.eos_token_id
@@ -90,21 +104,38 @@ def test_lmms_eval_plugin_methods(trained):
     from eval.lmms_eval_plugin import VideoGemmaLMMS
 
     root, data = trained
-    docs = {"t": {"test": [{"video": str(data.parent / "videos" / "clip0.mp4")},
-                           {"video": str(data.parent / "videos" / "clip1.mp4")}]}}
+    docs = {
+        "t": {
+            "test": [
+                {"video": str(data.parent / "videos" / "clip0.mp4")},
+                {"video": str(data.parent / "videos" / "clip1.mp4")},
+            ]
+        }
+    }
     plugin = VideoGemmaLMMS(pretrained=str(root / "out"), batch_size=2, max_new_tokens=5, task_dict=docs)
     to_visual = lambda doc: [doc["video"]]  # noqa: E731
-    gen = [SimpleNamespace(args=("What action is shown?", {"until": ["\n\n"], "max_new_tokens": 5}, to_visual, i,
-                                 "t", "test")) for i in range(2)]
+    gen = [
+        SimpleNamespace(
+            args=("What action is shown?", {"until": ["\n\n"], "max_new_tokens": 5}, to_visual, i, "t", "test")
+        )
+        for i in range(2)
+    ]
     texts = plugin.generate_until(gen)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
-    ll = plugin.loglikelihood([SimpleNamespace(args=("What action is shown?", c, to_visual, 0, "t", "test"))
-                               for c in ("moving left", "moving right")])
+    ll = plugin.loglikelihood(
+        [
+            SimpleNamespace(args=("What action is shown?", c, to_visual, 0, "t", "test"))
+            for c in ("moving left", "moving right")
+        ]
+    )
     assert len(ll) == 2 and all(v < 0 and isinstance(g, bool) for v, g in ll)
     # Same numbers as the predictor's own ranking of the two candidates.
     from dataset import Media, Sample
 
-    s = Sample("x", [{"role": "user", "content": "<video>\nWhat action is shown?"}],
-               (Media("video", docs["t"]["test"][0]["video"]),))
+    s = Sample(
+        "x",
+        [{"role": "user", "content": "<video>\nWhat action is shown?"}],
+        (Media("video", docs["t"]["test"][0]["video"]),),
+    )
     ranked = plugin.predictor.rank_candidates(s, ["moving left", "moving right"])
     assert [v for v, _ in ll] == pytest.approx(ranked, rel=1e-5)

@@ -215,8 +215,16 @@ def test_deepspeed_zero2_on_cpu(assets, tmp_path):
 
 def test_dora_paged_adamw_8bit_and_merged_export(assets, tmp_path):
     pytest.importorskip("bitsandbytes")
-    argv = _argv(assets, tmp_path / "dora", stage="finetune", use_lora=True, use_dora=True, max_steps=2,
-                 optim="paged_adamw_8bit", merge_lora=True)
+    argv = _argv(
+        assets,
+        tmp_path / "dora",
+        stage="finetune",
+        use_lora=True,
+        use_dora=True,
+        max_steps=2,
+        optim="paged_adamw_8bit",
+        merge_lora=True,
+    )
     res = T.main(argv)
     names = [n for n, _ in res["model"].named_parameters()]
     assert any("lora_magnitude_vector" in n for n in names)  # DoRA's magnitude vectors
