@@ -42,11 +42,8 @@ class GenerationConfig:
 
 def split_reference(sample):
     """(prompt sample without the final assistant reply, that reply or None)."""
-    messages = list(sample.messages)
-    reference = None
-    if messages and messages[-1]["role"] == "assistant":
-        reference = messages[-1]["content"]
-        messages = messages[:-1]
+    reference = sample.reference
+    messages = list(sample.messages[:-1] if reference is not None else sample.messages)
     return dataclasses.replace(sample, messages=messages), reference
 
 
@@ -60,6 +57,7 @@ class Predictor:
         self.template = template
         self.generation = generation or GenerationConfig()
         self.device = next(model.parameters()).device
+        self.stop_ids = self.stop_token_ids()
 
     @property
     def text_tokenizer(self):
@@ -88,11 +86,9 @@ class Predictor:
         if g.do_sample:
             kwargs.update(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k)
         pad = self.text_tokenizer.pad_token_id
-        out = self.model.generate(
-            **batch, **kwargs, pad_token_id=pad, eos_token_id=self.stop_token_ids(), use_cache=True
-        )
+        out = self.model.generate(**batch, **kwargs, pad_token_id=pad, eos_token_id=self.stop_ids, use_cache=True)
         new = out[:, batch["input_ids"].shape[1] :]  # [B, new]
-        stops = set(self.stop_token_ids()) | {pad}
+        stops = set(self.stop_ids) | {pad}
         counts = [int(sum(1 for t in row.tolist() if t not in stops)) for row in new]
         texts = [self.text_tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
         return texts, counts

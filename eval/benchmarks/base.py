@@ -49,23 +49,15 @@ def read_predictions(path: str | Path) -> list[dict]:
 
 def references_from_annotations(path: str | Path) -> dict[str, dict]:
     """id -> {reference, question, media, extras} from an annotation file (either format, or MVBench-style)."""
-    from dataset import read_records
+    from dataset import parse_record, read_records
 
     refs = {}
     for i, rec in enumerate(read_records(path)):
         rid = str(rec.get("id", i))
-        if "conversations" in rec:
-            turns = rec["conversations"]
-            ref = next((t["value"] for t in reversed(turns) if t.get("from") in ("gpt", "assistant")), None)
-            q = next((t["value"] for t in turns if t.get("from") in ("human", "user")), "")
-        elif "messages" in rec:
-
-            def text(m):
-                c = m["content"]
-                return c if isinstance(c, str) else "".join(x.get("text", "") for x in c if x.get("type") == "text")
-
-            ref = next((text(m) for m in reversed(rec["messages"]) if m["role"] == "assistant"), None)
-            q = next((text(m) for m in rec["messages"] if m["role"] == "user"), "")
+        if "conversations" in rec or "messages" in rec:
+            sample = parse_record(rec, f"{path}:{i}")
+            ref = sample.reference
+            q = next((m["content"] for m in sample.messages if m["role"] == "user"), "")
         else:
             ref, q = rec.get("answer"), rec.get("question", "")
         refs[rid] = {

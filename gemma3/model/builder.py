@@ -21,7 +21,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM
 from gemma3.model import backbones
-from gemma3.model.configuration import ProjectorConfig, VideoGemmaConfig, VideoMambaConfig
+from gemma3.model.configuration import ProjectorConfig, VideoGemmaConfig, VideoMambaConfig, count_keyframes
 from gemma3.model.encoders import CLIPImageEncoder
 from gemma3.model.modeling import VideoGemmaForCausalLM
 
@@ -97,8 +97,7 @@ def build_model(
 
         clip = CLIPImageEncoder(CLIPVisionConfig(**(image_encoder_config or {})))
     clip_cfg = clip.config
-    chunk = min(keyframe_chunk_size, num_frames)
-    num_keyframes = (num_frames // chunk) * min(keyframes_per_chunk, chunk)
+    num_keyframes = count_keyframes(num_frames, keyframe_chunk_size, keyframes_per_chunk)
     vm_cfg = VideoMambaConfig.from_size(
         video_size,
         **{"img_size": clip_cfg.image_size, "num_frames": num_keyframes, **(video_encoder_config or {})},

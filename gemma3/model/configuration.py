@@ -27,6 +27,12 @@ VIDEOMAMBA_SIZES: dict[str, dict[str, int]] = {
 }
 
 
+def count_keyframes(num_frames: int, chunk_size: int, per_chunk: int) -> int:
+    """Frames kept by key-frame selection: ``per_chunk`` of each chunk (all frames when a chunk holds fewer)."""
+    chunk = min(chunk_size, num_frames)
+    return (num_frames // chunk) * min(per_chunk, chunk)
+
+
 class VideoMambaConfig(PreTrainedConfig):
     """VideoMamba encoder: patch embedding, bidirectional Mamba blocks, per-frame patch tokens pooled to a grid.
 
@@ -190,9 +196,7 @@ class VideoGemmaConfig(PreTrainedConfig):
     @property
     def num_keyframes(self) -> int:
         """Frames kept after key-frame selection (all frames when a chunk holds fewer than the budget)."""
-        chunk = min(self.keyframe_chunk_size, self.num_frames)
-        k = min(self.keyframes_per_chunk, chunk)
-        return (self.num_frames // chunk) * k
+        return count_keyframes(self.num_frames, self.keyframe_chunk_size, self.keyframes_per_chunk)
 
     @property
     def video_tokens_per_frame(self) -> int:

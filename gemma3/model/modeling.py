@@ -232,18 +232,6 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
             attentions=outputs.attentions,
         )
 
-    def trainable_module_groups(self) -> dict[str, list[torch.nn.Parameter]]:
-        """Parameters by component: language_model, image_encoder, video_encoder, projectors."""
-        groups: dict[str, list[torch.nn.Parameter]] = {
-            "language_model": [],
-            "image_encoder": [],
-            "video_encoder": [],
-            "projector": [],
-        }
-        for name, p in self.named_parameters():
-            groups[component_of(name)].append(p)
-        return groups
-
 
 def component_of(param_name: str) -> str:
     """Component a parameter name belongs to (works with PEFT's ``base_model.model.`` prefix)."""

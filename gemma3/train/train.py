@@ -33,8 +33,6 @@ from gemma3.train.trainer import LossPlotCallback, VideoGemmaTrainer, is_peft_mo
 
 logger = logging.getLogger("gemma3.train")
 
-COMPONENTS = ("language_model", "projector", "image_encoder", "video_encoder")
-
 
 def ensure_distributed_env(argv: list[str]) -> None:
     """DeepSpeed needs a process group even for one process: fill RANK/WORLD_SIZE/... when no launcher did."""
@@ -315,13 +313,10 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("Data: %s", stats)
     if model_args.merge_lora and is_peft_model(trainer.model) and trainer.is_world_process_zero():
         # Rebuilt from the saved output (which this also checks), so the trained model is left as it is.
-        merged_dir = out / "merged"
-        if family == "custom":
-            from gemma3.model.builder import load_model
+        from gemma3.model.builder import load_model
 
-            merged, _ = load_model(out, merge_lora=True)
-        else:
-            merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        merged_dir = out / "merged"
+        merged, _ = load_model(out, merge_lora=True)
         merged.save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
         logger.info("Merged model written to %s", merged_dir)
