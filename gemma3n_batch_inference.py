@@ -28,6 +28,7 @@ from constants import IGNORE_INDEX, VIDEO_EXTENSIONS, VIDEO_TAG
 logger = logging.getLogger("gemma3n_batch_inference")
 
 DEFAULT_PROMPT = "What action is being performed in this video?"
+DEFAULT_NATIVE_FRAMES = 8  # frames per video for the native VLMs when --num_frames is not given
 
 
 @dataclasses.dataclass
@@ -253,16 +254,11 @@ def load_predictor(
         plugin = CustomModelPlugin(config, num_frames=num_frames or config.num_frames)
         template = template_for_config(config)
     else:
-        try:
-            from gemma3.model import native
-        except ImportError as err:
-            raise NotImplementedError(
-                f"{model_path} is a native Gemma VLM ({model_type}); native inference is not available in this version"
-            ) from err
+        from gemma3.model import native
 
         model, tokenizer = native.load_native_model(model_path, dtype=dtype)
         fam = native.native_family_for_config(model.config)
-        plugin = native.NativeVLMPlugin(tokenizer, fam, num_frames=num_frames or 4, max_length=None)
+        plugin = native.NativeVLMPlugin(tokenizer, fam, num_frames=num_frames or DEFAULT_NATIVE_FRAMES)
         template = None
     if device:
         model.to(device)

@@ -75,6 +75,7 @@ def run_model_then_evaluate(
     batch_size: int = 8,
     max_new_tokens: int = 64,
     runner: Callable[[list[str]], dict] | None = None,
+    num_frames: int | None = None,
     **kw,
 ) -> dict:
     """Generate predictions with the batched inference script (resumable), then score them."""
@@ -93,6 +94,8 @@ def run_model_then_evaluate(
         "--max_new_tokens",
         str(max_new_tokens),
     ] + (["--media_root", media_root] if media_root else [])
+    if num_frames:
+        argv += ["--num_frames", str(num_frames)]
     if runner is None:
         import gemma3n_batch_inference
 
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model_path", default=None, help="run inference first with this model")
     ap.add_argument("--media_root", default=None)
     ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--num_frames", type=int, default=None, help="frames per video (native VLMs; default 8)")
     args = ap.parse_args(argv)
     common = dict(classes=args.classes, synonyms=args.synonyms, use_embeddings=args.embeddings)
     if args.model_path:
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.media_root,
             args.output_dir,
             args.batch_size,
+            num_frames=args.num_frames,
             **common,
         )
     elif args.predictions:

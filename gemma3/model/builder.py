@@ -155,9 +155,10 @@ def unsourced_components(model: torch.nn.Module) -> list[str]:
     return out
 
 
-def save_trainables(model: torch.nn.Module, out_dir: str | Path, names: list[str] | None = None) -> Path:
+def save_trainables(model: torch.nn.Module, out_dir: str | Path, names: list[str] | None = None) -> Path | None:
     """Write the non-LoRA tensors a reload needs to ``non_lora_trainables.safetensors``: the trainable ones
-    (projectors, unfrozen encoders) and those of encoders that have no checkpoint to rebuild them from.
+    (projectors, unfrozen encoders) and those of encoders that have no checkpoint to rebuild them from. Nothing is
+    written (None returned) when there are none.
 
     Names are stored without PEFT's ``base_model.model.`` prefix so they load into a plain model too.
     """
@@ -175,6 +176,8 @@ def save_trainables(model: torch.nn.Module, out_dir: str | Path, names: list[str
         if "lora_" in name or "modules_to_save" in name:
             continue
         state[_strip_peft(name)] = p.detach().to("cpu").contiguous()
+    if not state:  # e.g. LoRA only: the adapter is the whole output
+        return None
     path = out / TRAINABLES_FILE
     save_file(state, str(path))
     return path

@@ -103,12 +103,20 @@ def _yaml_to_argv(path: str | Path) -> list[str]:
     return argv
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Parse ``--config FILE`` (YAML defaults) followed by command-line overrides."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+def expand_config(argv: list[str]) -> list[str]:
+    """Replace ``--config FILE`` with the YAML's flags, placed first so command-line flags override them."""
+    argv = list(argv)
     if "--config" in argv:
         i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise ValueError("--config needs a YAML file")
         argv = _yaml_to_argv(argv[i + 1]) + argv[:i] + argv[i + 2 :]
+    return argv
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Parse ``--config FILE`` (YAML defaults) followed by command-line overrides."""
+    argv = expand_config(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
     model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
     if train_args.stage not in STAGES:

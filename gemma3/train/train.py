@@ -28,7 +28,7 @@ from transformers import AutoConfig, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
-from gemma3.train.arguments import DataArguments, ModelArguments, TrainingArguments, parse_args
+from gemma3.train.arguments import DataArguments, ModelArguments, TrainingArguments, expand_config, parse_args
 from gemma3.train.trainer import LossPlotCallback, VideoGemmaTrainer, is_peft_model
 
 logger = logging.getLogger("gemma3.train")
@@ -36,7 +36,8 @@ logger = logging.getLogger("gemma3.train")
 
 def ensure_distributed_env(argv: list[str]) -> None:
     """DeepSpeed needs a process group even for one process: fill RANK/WORLD_SIZE/... when no launcher did."""
-    if "--deepspeed" not in argv or "RANK" in os.environ:
+    i = len(argv) - 1 - argv[::-1].index("--deepspeed") if "--deepspeed" in argv else -1  # the last one wins
+    if i < 0 or i + 1 >= len(argv) or argv[i + 1] in ("", "None", "none") or "RANK" in os.environ:
         return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,6 +73,7 @@ def component_flags(model_args: ModelArguments, train_args: TrainingArguments) -
         "projector": train_args.projector_lr != 0 and not frozen(model_args.freeze_projector, False),
         "image_encoder": bool(train_args.image_encoder_lr) and not frozen(model_args.freeze_vision_tower, False),
         "video_encoder": bool(train_args.video_encoder_lr) and not frozen(model_args.freeze_vision_tower, False),
+        "audio": False,  # the native models' audio towers: never trained here
     }
 
 
@@ -97,25 +99,14 @@ def quantization_config(bits: int):
 
 
 def language_lora_targets(model: torch.nn.Module, targets: str, prefix: str = "language_model.") -> list[str]:
-    """Full module names of the LLM's linear layers to adapt: a name list, or ``all-linear``.
+    """Full module names of the custom model's LLM linear layers to adapt: a name list, or ``all-linear``
+    (which skips the output head and Gemma-3n's altup / laurel / per-layer-input modules)."""
+    from gemma3.model.lora import lora_target_names
 
-    Restricted to the language model; ``all-linear`` skips the output head and Gemma-3n's altup / laurel /
-    per-layer-input modules (adapting them breaks their routing).
-    """
-    skip = ("lm_head", "altup", "laurel", "per_layer")
-    wanted = None if targets == "all-linear" else {t.strip() for t in targets.split(",") if t.strip()}
-    names = []
-    for name, module in model.named_modules():
-        if not name.startswith(prefix) or not isinstance(module, torch.nn.Linear):
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if wanted is None and not any(s in name for s in skip):
-            names.append(name)
-        elif wanted is not None and leaf in wanted:
-            names.append(name)
-    if not names:
-        raise ValueError(f"LoRA targets {targets!r} match no linear layer of the language model")
-    return names
+    try:
+        return lora_target_names(model, targets, lambda name: name.startswith(prefix))
+    except ValueError as err:
+        raise ValueError(f"LoRA targets {targets!r} match no linear layer of the language model") from err
 
 
 def setup_custom(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments):
@@ -158,19 +149,22 @@ def setup_custom(model_args: ModelArguments, data_args: DataArguments, train_arg
 
 def setup_native(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments):
     """Native Gemma VLM, its processor, the processor-based data plugin and component function."""
-    try:
-        from gemma3.model import native
-    except ImportError as err:
-        raise NotImplementedError(
-            "Native Gemma VLM fine-tuning (--model_family native) is not available in this version; "
-            "use --model_family custom"
-        ) from err
+    from gemma3.model import native
 
     dtype = torch.bfloat16 if train_args.bf16 else torch.float32
-    quant = {16: None, 8: "8bit", 4: "4bit"}[model_args.bits]
-    model, processor = native.load_native_model(model_args.model_id, dtype=dtype, quantization=quant)
+    model, processor = native.load_native_model(
+        model_args.model_id, dtype=dtype, quantization_config=quantization_config(model_args.bits)
+    )
+    if is_peft_model(model):
+        model = model.merge_and_unload()  # a finished adapter becomes the new base
     family = native.native_family_for_config(model.config)
-    plugin = native.NativeVLMPlugin(processor, family, num_frames=data_args.num_frames, max_length=data_args.max_length)
+    plugin = native.NativeVLMPlugin(
+        processor,
+        family,
+        num_frames=data_args.num_frames,
+        max_length=data_args.max_length,
+        sampling=data_args.frame_sampling,
+    )
     return model, processor, plugin, None, native.native_component_fn(family)
 
 
@@ -260,7 +254,7 @@ def resolve_resume(train_args: TrainingArguments) -> str | None:
 
 def main(argv: list[str] | None = None) -> dict:
     """Train; returns a summary (output folder, steps, losses) and the trained model."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = expand_config(sys.argv[1:] if argv is None else argv)
     ensure_distributed_env(argv)
     model_args, data_args, train_args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -316,7 +310,12 @@ def main(argv: list[str] | None = None) -> dict:
         from gemma3.model.builder import load_model
 
         merged_dir = out / "merged"
-        merged, _ = load_model(out, merge_lora=True)
+        if family == "native":
+            from gemma3.model.native import load_native_model
+
+            merged = load_native_model(out)[0].merge_and_unload()
+        else:
+            merged, _ = load_model(out, merge_lora=True)
         merged.save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
         logger.info("Merged model written to %s", merged_dir)
