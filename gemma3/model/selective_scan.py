@@ -7,7 +7,8 @@ D ``[D]``; output ``[B, D, L]``. The recurrence, per channel d and state n:
     h_t = exp(delta_t * A) * h_{t-1} + delta_t * B_t * u_t,    y_t = <C_t, h_t> + D * u_t,    y *= silu(z)
 
 `selective_scan` discretises a block of timesteps at once (cache-sized tensors, laid out time-major so each step
-reads contiguous memory), runs the recurrence with two in-place ops per step, and contracts with C per block.
+reads contiguous memory), runs the recurrence with one in-place op per step over views made once, and contracts
+with C per block as a batched row-vector x matrix product (state axis before channels, so no copies).
 `selective_scan_reference` is the plain per-timestep loop, kept as the ground truth for tests and benchmarks.
 The ``mamba_ssm`` / ``causal_conv1d`` CUDA kernels are imported lazily and used only for CUDA tensors.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -85,77 +87,113 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     return _finish(torch.stack(ys, dim=-1), u, D, z, dtype)
 
 
-def _time_major(u, delta, B, C, delta_bias, delta_softplus):
-    """Inputs of both blocked paths, laid out time-major: (delta [L,B,D], delta*u [L,B,G,D/G,1],
-    B [L,B,G,1,N], C [L,B,G,N], groups G)."""
+def _time_major(u, delta, A, B, C, delta_bias, delta_softplus):
+    """Inputs of both blocked paths, time-major with the state axis before the channels, so the contraction with
+    C is a row-vector x matrix product over contiguous rows: delta [L,B,G,1,D/G], delta*u [L,B,G,1,D/G],
+    A [G,N,D/G], B [L,B,G,N,1], C [L,B,G,1,N]; and the group count G."""
     delta = _prepare(delta, delta_bias, delta_softplus)  # [B, D, L]
     b, d, length = u.shape
     Bg, Cg = _grouped(B).float(), _grouped(C).float()
     g = Bg.shape[1]
     if d % g or Cg.shape[1] != g:
         raise ValueError(f"{d} channels cannot be split into B/C groups {Bg.shape[1]} / {Cg.shape[1]}")
-    dl_t = delta.permute(2, 0, 1).contiguous()  # [L, B, D]
-    du_t = (delta * u.float()).permute(2, 0, 1).reshape(length, b, g, d // g, 1)  # [L, B, G, D/G, 1]
-    B_t = Bg.permute(3, 0, 1, 2)[:, :, :, None, :].contiguous()  # [L, B, G, 1, N]
-    C_t = Cg.permute(3, 0, 1, 2).contiguous()  # [L, B, G, N]
-    return dl_t, du_t, B_t, C_t, g
+    dl_t = delta.permute(2, 0, 1).contiguous().view(length, b, g, 1, d // g)  # [L, B, G, 1, D/G]
+    du_t = (delta * u.float()).permute(2, 0, 1).contiguous().view(length, b, g, 1, d // g)  # [L, B, G, 1, D/G]
+    A_t = A.float().reshape(g, d // g, -1).transpose(1, 2).contiguous()  # [G, N, D/G]
+    B_t = Bg.permute(3, 0, 1, 2)[..., None].contiguous()  # [L, B, G, N, 1]
+    C_t = Cg.permute(3, 0, 1, 2)[:, :, :, None, :].contiguous()  # [L, B, G, 1, N]
+    return dl_t, du_t, A_t, B_t, C_t, g
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, block: int = 64):
+def _auto_block(b: int, d: int, n: int, budget: int = 1_200_000) -> int:
+    """Timesteps per block: a power of two in [8, 64] keeping each block buffer near ``budget`` floats (~5 MB),
+    measured best at VideoMamba-M shapes (one direction: 64, both directions in one call: 32)."""
+    per_step = max(1, b * d * n)
+    return int(max(8, min(64, 2 ** math.floor(math.log2(max(1, budget // per_step))))))
+
+
+def selective_scan_torch(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, block: int | None = None
+):
     """Blocked pure-PyTorch scan: exact fp32 recurrence (no log-space tricks that could overflow).
 
-    Time-major layout and two ``[block, B, D, N]`` buffers reused for every block keep the working set in cache;
-    each timestep costs one in-place ``addcmul`` over all channels. Grouped B/C (``[B, G, N, L]``, channels split
-    into G equal groups) let independent scans, e.g. the two directions of a bidirectional Mamba, share one loop.
+    Time-major layout and two ``[block, B, G, N, D/G]`` buffers reused for every block keep the working set in
+    cache; each timestep costs one in-place ``addcmul`` over all channels, and each block one batched
+    ``C_t @ h_t`` product. Grouped B/C (``[B, G, N, L]``, channels split into G equal groups) let independent
+    scans, e.g. the two directions of a bidirectional Mamba, share one loop.
     """
     if torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)
     ):
-        return _selective_scan_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block)
+        return _selective_scan_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block or 64)
+    groups = _grouped(B).shape[1]
+    if groups > 1 and u.shape[1] % groups == 0 and _grouped(C).shape[1] == groups:
+        # Independent scans run one after the other: each one's block buffers then stay in cache (measured
+        # faster than one loop over all groups at VideoMamba-M shapes).
+        c = u.shape[1] // groups
+
+        def part(t, i):
+            return None if t is None else t[:, i * c : (i + 1) * c] if t.dim() > 1 else t[i * c : (i + 1) * c]
+
+        return torch.cat(
+            [
+                selective_scan_torch(
+                    part(u, i),
+                    part(delta, i),
+                    A[i * c : (i + 1) * c],
+                    _grouped(B)[:, i],
+                    _grouped(C)[:, i],
+                    part(D, i),
+                    part(z, i),
+                    part(delta_bias, i),
+                    delta_softplus,
+                    block,
+                )
+                for i in range(groups)
+            ],
+            dim=1,
+        )
     dtype = u.dtype
     b, d, length = u.shape
     n = A.shape[1]
-    A_f = A.float()
-    dl_t, du_t, B_t, C_t, g = _time_major(u, delta, B, C, delta_bias, delta_softplus)
-    k = min(block, length)
-    decay = u.new_empty(k, b, d, n, dtype=torch.float32)  # exp(delta * A)
-    state = u.new_empty(k, b, d, n, dtype=torch.float32)  # delta * B * u, overwritten in place by h_t
-    y_t = u.new_empty(length, b, d, dtype=torch.float32)  # [L, B, D]
-    h = u.new_zeros(b, d, n, dtype=torch.float32)
+    dl_t, du_t, A_t, B_t, C_t, g = _time_major(u, delta, A, B, C, delta_bias, delta_softplus)
+    k = min(block or _auto_block(b, d, n), length)
+    decay = u.new_empty(k, b, g, n, d // g, dtype=torch.float32)  # exp(delta * A)
+    state = u.new_empty(k, b, g, n, d // g, dtype=torch.float32)  # delta * B * u, overwritten in place by h_t
+    y_t = u.new_empty(length, b, g, 1, d // g, dtype=torch.float32)  # [L, B, G, 1, D/G]
+    h = u.new_zeros(b, g, n, d // g, dtype=torch.float32)
+    steps = list(zip(state.unbind(0), decay.unbind(0)))  # per-timestep views, made once for every block
     for s in range(0, length, k):
         e = min(s + k, length)
         m = e - s
         dA, x = decay[:m], state[:m]
-        torch.exp(dl_t[s:e, :, :, None] * A_f, out=dA)
-        torch.mul(du_t[s:e], B_t[s:e], out=x.view(m, b, g, d // g, n))
-        for x_t, a_t in zip(x.unbind(0), dA.unbind(0)):
+        torch.mul(dl_t[s:e], A_t, out=dA).exp_()
+        torch.mul(du_t[s:e], B_t[s:e], out=x)
+        for x_t, a_t in steps[:m]:
             h = x_t.addcmul_(a_t, h)
         h = h.clone()  # the buffer is reused by the next block
-        y = torch.einsum("kbgcn,kbgn->kbgc", x.view(m, b, g, d // g, n), C_t[s:e])  # <h_t, C_t>
-        y_t[s:e] = y.reshape(m, b, d)
-    return _finish(y_t.permute(1, 2, 0), u, D, z, dtype)
+        torch.matmul(C_t[s:e], x, out=y_t[s:e])  # <C_t, h_t>: [m,B,G,1,N] @ [m,B,G,N,D/G]
+    return _finish(y_t.reshape(length, b, d).permute(1, 2, 0), u, D, z, dtype)
 
 
 def _selective_scan_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block: int):
     """The blocked scan with out-of-place steps, so autograd can differentiate it (training)."""
     dtype = u.dtype
     b, d, length = u.shape
-    n = A.shape[1]
-    dl_t, du_t, B_t, C_t, g = _time_major(u, delta, B, C, delta_bias, delta_softplus)
-    h = u.new_zeros(b, d, n, dtype=torch.float32)
+    dl_t, du_t, A_t, B_t, C_t, g = _time_major(u, delta, A, B, C, delta_bias, delta_softplus)
+    h = u.new_zeros(b, g, A.shape[1], d // g, dtype=torch.float32)
     ys = []
     for s in range(0, length, block):
         e = min(s + block, length)
-        m = e - s
-        dA = torch.exp(dl_t[s:e, :, :, None] * A.float())  # [m, B, D, N]
-        x = (du_t[s:e] * B_t[s:e]).reshape(m, b, d, n)  # [m, B, D, N]
+        dA = torch.exp(dl_t[s:e] * A_t)  # [m, B, G, N, D/G]
+        x = du_t[s:e] * B_t[s:e]  # [m, B, G, N, D/G]
         hs = []
-        for t in range(m):
+        for t in range(e - s):
             h = torch.addcmul(x[t], dA[t], h)
             hs.append(h)
-        hb = torch.stack(hs).view(m, b, g, d // g, n)
-        ys.append(torch.einsum("kbgcn,kbgn->kbgc", hb, C_t[s:e]).reshape(m, b, d))
-    return _finish(torch.cat(ys).permute(1, 2, 0), u, D, z, dtype)
+        ys.append(torch.matmul(C_t[s:e], torch.stack(hs)))  # [m, B, G, 1, D/G]
+    y = torch.cat(ys).reshape(length, b, d)
+    return _finish(y.permute(1, 2, 0), u, D, z, dtype)
 
 
 def selective_scan(
