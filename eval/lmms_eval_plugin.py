@@ -35,6 +35,7 @@ class VideoGemmaLMMS(_Base):
         pretrained: str | None = None,
         batch_size: int | str = 1,
         max_new_tokens: int = 64,
+        num_frames: int | str | None = None,
         predictor=None,
         task_dict: dict | None = None,
         **kwargs,
@@ -44,7 +45,9 @@ class VideoGemmaLMMS(_Base):
         import gemma3n_batch_inference as inf
 
         self.predictor = predictor or inf.load_predictor(
-            pretrained, generation=inf.GenerationConfig(max_new_tokens=int(max_new_tokens))
+            pretrained,
+            num_frames=int(num_frames) if num_frames else None,
+            generation=inf.GenerationConfig(max_new_tokens=int(max_new_tokens)),
         )
         self.batch_size_per_gpu = int(batch_size)
         self.task_dict = task_dict or getattr(self, "task_dict", {})

@@ -390,3 +390,33 @@ def test_evaluate_script_runs_a_native_model_on_image_classification(root, tmp_p
     hits = sum(p["prediction"].strip().lower() == p["reference"].lower() for p in preds)
     assert res["top1_accuracy"] == pytest.approx(hits / 4) and res["num_samples"] == 4
     assert (tmp_path / "ev" / "metrics.json").exists()
+
+
+def test_lmms_eval_plugin_on_a_native_model(root):
+    from types import SimpleNamespace
+
+    from eval.lmms_eval_plugin import VideoGemmaLMMS
+
+    docs = {"t": {"test": [{"video": str(root / "videos" / f"v{i}.mp4")} for i in range(2)]}}
+    plugin = VideoGemmaLMMS(
+        pretrained=str(root / "tiny-native-gemma4"), batch_size=2, max_new_tokens=3, num_frames="2", task_dict=docs
+    )
+    assert plugin.predictor.plugin.num_frames == 2
+    to_visual = lambda doc: [doc["video"]]  # noqa: E731
+    gen = [
+        SimpleNamespace(
+            args=("What is happening?", {"until": ["\n\n"], "max_new_tokens": 3}, to_visual, i, "t", "test")
+        )
+        for i in range(2)
+    ]
+    texts = plugin.generate_until(gen)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    ll = plugin.loglikelihood(
+        [SimpleNamespace(args=("What is happening?", c, to_visual, 0, "t", "test")) for c in CLASSES]
+    )
+    sample = Sample(
+        "x",
+        [{"role": "user", "content": "<video>\nWhat is happening?"}],
+        (Media("video", docs["t"]["test"][0]["video"]),),
+    )
+    assert [v for v, _ in ll] == pytest.approx(plugin.predictor.rank_candidates(sample, CLASSES), rel=1e-5)
