@@ -1,7 +1,9 @@
 """lmms-eval model plugin, so lmms-eval's own video tasks run on our models.
 
-    python -m lmms_eval --model video_gemma --model_args pretrained=outputs/qved_pipeline/finetune \
-        --tasks mvbench --batch_size 8 --include_path eval/lmms_eval_plugin.py
+    python eval/lmms_eval_plugin.py --model video_gemma \
+        --model_args pretrained=outputs/qved_pipeline/finetune,batch_size=8 --tasks mvbench
+
+(the same command line as ``python -m lmms_eval``, with this model registered first).
 
 Implements the "simple" model API: ``generate_until`` (requests ``(context, gen_kwargs, doc_to_visual, doc_id,
 task, split)``) and ``loglikelihood`` (requests ``(context, doc_to_target, doc_to_visual, doc_id, task, split)``,
@@ -117,3 +119,17 @@ class VideoGemmaLMMS(_Base):
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError("multi-round generation is not supported by the video_gemma plugin")
+
+
+def main() -> None:
+    """Run lmms-eval's command line with ``video_gemma`` registered (this module is imported first; lmms-eval does
+    not import model files given by ``--include_path``, which only adds task YAMLs)."""
+    try:
+        from lmms_eval.__main__ import cli_evaluate
+    except ImportError as err:
+        raise SystemExit(f"lmms-eval is not installed ({err}); pip install lmms-eval to run its tasks") from err
+    cli_evaluate()
+
+
+if __name__ == "__main__":
+    main()
