@@ -229,6 +229,18 @@ def pad_sequences(seqs: Sequence[torch.Tensor], value: int, side: str) -> torch.
     return out
 
 
+def collate_text(
+    features: Sequence[dict[str, torch.Tensor]], pad_id: int, padding_side: str = "right"
+) -> dict[str, torch.Tensor]:
+    """``input_ids`` / ``attention_mask`` / ``labels`` [B, L] of encoded samples, padded on one side."""
+    ids = [f["input_ids"] for f in features]
+    return {
+        "input_ids": pad_sequences(ids, pad_id, padding_side),
+        "attention_mask": pad_sequences([torch.ones_like(i) for i in ids], 0, padding_side),
+        "labels": pad_sequences([f["labels"] for f in features], IGNORE_INDEX, padding_side),
+    }
+
+
 class CustomModelPlugin:
     """Samples -> tensors for the custom model: frames read, normalised (CLIP statistics), tags expanded."""
 
@@ -282,12 +294,7 @@ class CustomModelPlugin:
     def collate(
         self, features: Sequence[dict[str, torch.Tensor]], padding_side: str = "right"
     ) -> dict[str, torch.Tensor]:
-        ids = [f["input_ids"] for f in features]
-        batch = {
-            "input_ids": pad_sequences(ids, self.pad_id, padding_side),
-            "attention_mask": pad_sequences([torch.ones_like(i) for i in ids], 0, padding_side),
-            "labels": pad_sequences([f["labels"] for f in features], IGNORE_INDEX, padding_side),
-        }
+        batch = collate_text(features, self.pad_id, padding_side)
         for key in ("pixel_values_videos", "pixel_values"):
             parts = [f[key] for f in features if key in f]
             if parts:

@@ -6,7 +6,7 @@
   tensors. A video becomes N frames given as images before the text of the first user turn (images first); the
   processor expands each image into its soft tokens; labels come from the processor's token ids (only assistant
   replies and their end-of-turn are supervised, however many image tokens were inserted).
-- `native_component_fn` / `native_lora_config`: which parameters belong to the language model, the vision tower,
+- `native_component_fn` / `native_lora_targets`: which parameters belong to the language model, the vision tower,
   the projector (and the unused audio tower), and the LoRA targets, for the shared trainer.
 """
 
@@ -85,12 +85,10 @@ def native_component_fn(family: NativeFamily | str) -> Callable[[str], str]:
 
 
 def _load_base(model_id: str, dtype: torch.dtype, quantization_config=None):
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     native_family_for_config(AutoConfig.from_pretrained(model_id))
-    model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype, quantization_config=quantization_config)
-    processor = AutoProcessor.from_pretrained(model_id)
-    return model, processor
+    return AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype, quantization_config=quantization_config)
 
 
 def load_native_model(model_id: str | Path, dtype: torch.dtype = torch.float32, quantization_config=None):
@@ -100,10 +98,13 @@ def load_native_model(model_id: str | Path, dtype: torch.dtype = torch.float32, 
     loaded, the adapter applied, and any other trained tensors (``non_lora_trainables.safetensors``) restored.
     The processor is taken from the output folder when it has one, else from the base.
     """
+    from transformers import AutoProcessor
+
     path = Path(model_id)
     adapter_cfg = path / "adapter_config.json"
     if not adapter_cfg.exists():
-        model, processor = _load_base(str(model_id), dtype, quantization_config)
+        model = _load_base(str(model_id), dtype, quantization_config)
+        processor = AutoProcessor.from_pretrained(str(model_id))
     else:
         from peft import PeftModel
 
@@ -112,15 +113,11 @@ def load_native_model(model_id: str | Path, dtype: torch.dtype = torch.float32, 
         base_id = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
         if not base_id:
             raise ValueError(f"{adapter_cfg}: no base_model_name_or_path; cannot find the base model")
-        base, processor = _load_base(base_id, dtype, quantization_config)
-        model = PeftModel.from_pretrained(base, str(path))
+        model = PeftModel.from_pretrained(_load_base(base_id, dtype, quantization_config), str(path))
         if (path / TRAINABLES_FILE).exists():
             loaded = load_trainables(model, path / TRAINABLES_FILE)
             logger.info("Loaded %d trained non-LoRA tensors from %s", len(loaded), path / TRAINABLES_FILE)
-        if (path / "processor_config.json").exists():
-            from transformers import AutoProcessor
-
-            processor = AutoProcessor.from_pretrained(str(path))
+        processor = AutoProcessor.from_pretrained(str(path) if (path / "processor_config.json").exists() else base_id)
     if not getattr(processor, "chat_template", None):
         raise ValueError(f"{model_id}: the processor has no chat template (the native models use their own)")
     return model, processor
@@ -129,37 +126,20 @@ def load_native_model(model_id: str | Path, dtype: torch.dtype = torch.float32, 
 # ---------------------------------------------------------------- LoRA
 
 
-def native_lora_config(
-    model: torch.nn.Module,
-    r: int,
-    alpha: int,
-    dropout: float,
-    targets: str,
-    include_vision: bool = False,
-    use_dora: bool = False,
-):
-    """A PEFT `LoraConfig` for a native model.
+def native_lora_targets(model: torch.nn.Module, targets: str, include_vision: bool = False) -> list[str]:
+    """Names of a native model's linear layers to adapt (PEFT ``target_modules``).
 
-    Targets are the language model's linear layers named in ``targets`` (or ``all-linear``); with
-    ``include_vision`` also the vision tower's and projector's. Gemma 4's clipped vision linears are adapted
-    inside their wrapper (see `gemma3.model.lora.lora_target_names`). The audio tower is never adapted.
+    The language model's layers named in ``targets`` (or ``all-linear``); with ``include_vision`` also the vision
+    tower's and projector's. Gemma 4's clipped vision linears are adapted inside their wrapper (see
+    `gemma3.model.lora.lora_target_names`). The audio tower is never adapted.
     """
-    from peft import LoraConfig
-
     from gemma3.model.lora import lora_target_names
 
     fam = native_family_for_config(model.config)
     allowed = {"language_model", "image_encoder", "projector"} if include_vision else {"language_model"}
     names = lora_target_names(model, targets, lambda name: fam.component(name) in allowed)
     logger.info("LoRA on %d linear layers (%s, vision %s)", len(names), targets, "on" if include_vision else "off")
-    return LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=dropout,
-        target_modules=names,
-        use_dora=use_dora,
-        task_type="CAUSAL_LM",
-    )
+    return names
 
 
 # ---------------------------------------------------------------- data
@@ -311,14 +291,9 @@ class NativeVLMPlugin:
 
     def collate(self, features: Sequence[dict], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Pad ids / labels / type ids to one length (left for generation); concatenate image tensors."""
-        from dataset import pad_sequences
+        from dataset import collate_text, pad_sequences
 
-        ids = [f["input_ids"] for f in features]
-        batch = {
-            "input_ids": pad_sequences(ids, self.pad_id, padding_side),
-            "attention_mask": pad_sequences([torch.ones_like(i) for i in ids], 0, padding_side),
-            "labels": pad_sequences([f["labels"] for f in features], IGNORE_INDEX, padding_side),
-        }
+        batch = collate_text(features, self.pad_id, padding_side)
         keys = {k for f in features for k in f} - set(batch)
         for key in sorted(keys):
             if key in SEQUENCE_KEYS:

@@ -184,26 +184,19 @@ def apply_trainable(
         if model_args.bits in (4, 8):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if family == "native":
-            from gemma3.model import native
+            from gemma3.model.native import native_lora_targets
 
-            lora = native.native_lora_config(
-                model,
-                r=model_args.lora_r,
-                alpha=model_args.lora_alpha,
-                dropout=model_args.lora_dropout,
-                targets=model_args.lora_target_modules,
-                include_vision=model_args.lora_include_vision,
-                use_dora=model_args.use_dora,
-            )
+            names = native_lora_targets(model, model_args.lora_target_modules, model_args.lora_include_vision)
         else:
-            lora = LoraConfig(
-                r=model_args.lora_r,
-                lora_alpha=model_args.lora_alpha,
-                lora_dropout=model_args.lora_dropout,
-                target_modules=language_lora_targets(model, model_args.lora_target_modules),
-                use_dora=model_args.use_dora,
-                task_type="CAUSAL_LM",
-            )
+            names = language_lora_targets(model, model_args.lora_target_modules)
+        lora = LoraConfig(
+            r=model_args.lora_r,
+            lora_alpha=model_args.lora_alpha,
+            lora_dropout=model_args.lora_dropout,
+            target_modules=names,
+            use_dora=model_args.use_dora,
+            task_type="CAUSAL_LM",
+        )
         model = get_peft_model(model, lora)
         # PEFT froze everything but the adapters: re-enable the other components that train.
         for name, p in model.named_parameters():
@@ -307,14 +300,14 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info("Data: %s", stats)
     if model_args.merge_lora and is_peft_model(trainer.model) and trainer.is_world_process_zero():
         # Rebuilt from the saved output (which this also checks), so the trained model is left as it is.
-        from gemma3.model.builder import load_model
-
         merged_dir = out / "merged"
         if family == "native":
             from gemma3.model.native import load_native_model
 
             merged = load_native_model(out)[0].merge_and_unload()
         else:
+            from gemma3.model.builder import load_model
+
             merged, _ = load_model(out, merge_lora=True)
         merged.save_pretrained(merged_dir)
         tokenizer.save_pretrained(merged_dir)
