@@ -19,6 +19,11 @@ DEFAULT_NUM_FRAMES: int = 16
 DEFAULT_IMAGE_SIZE: int = 224
 DEFAULT_KEYFRAME_CHUNK: int = 8
 DEFAULT_KEYFRAMES_PER_CHUNK: int = 4
+# Frames per video for the native Gemma VLMs (each frame costs ~260 tokens) when the model folder records none.
+DEFAULT_NATIVE_FRAMES: int = 8
+
+# The question asked of each video when inference runs over a folder of clips.
+DEFAULT_PROMPT: str = "What action is being performed in this video?"
 
 # Pixel normalisation. CLIP (openai) statistics; VideoMamba's official checkpoints use ImageNet statistics.
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)

@@ -1,7 +1,7 @@
 """Chat templates as registered data, and the one-pass renderer that yields token ids and the loss mask.
 
 Templates are frozen dataclasses in a registry filled at import; nothing here is mutable module state. The model's
-config chooses the template (`template_for_config`), never a folder name.
+model's family record chooses the template (`gemma3.families.Family.template`), never a folder name.
 
 Rendering: the conversation becomes text pieces (each marked supervised or not) separated by media tags. Each run
 of text is tokenised once with character offsets, and a token is supervised when its characters fall inside an
@@ -14,53 +14,22 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from constants import IGNORE_INDEX, MEDIA_TAGS
 
-# The official Gemma 3 instruction-tuned chat template (google/gemma-3-*-it). The Gemma 3 270M GGUF tokenizer
-# ships without one; `ensure_chat_template` attaches this so `apply_chat_template` works offline.
-GEMMA3_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- if messages[0]['content'] is string -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
-    "{%- else -%}"
-    "{%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}"
-    "{%- endif -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}"
-    '{%- set first_user_prefix = "" -%}'
-    "{%- set loop_messages = messages -%}"
-    "{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
-    '{{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}'
-    "{%- endif -%}"
-    "{%- if (message['role'] == 'assistant') -%}"
-    '{%- set role = "model" -%}'
-    "{%- else -%}"
-    "{%- set role = message['role'] -%}"
-    "{%- endif -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}"
-    "{%- if message['content'] is string -%}"
-    "{{ message['content'] | trim }}"
-    "{%- elif message['content'] is iterable -%}"
-    "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}"
-    "{{ '<start_of_image>' }}"
-    "{%- elif item['type'] == 'text' -%}"
-    "{{ item['text'] | trim }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- else -%}"
-    '{{ raise_exception("Invalid content type") }}'
-    "{%- endif -%}"
-    "{{ '<end_of_turn>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}"
-    "{{'<start_of_turn>model\n'}}"
-    "{%- endif -%}"
-)
+# The official chat templates, verbatim as published with the models (see gemma3/chat_templates/SOURCES.md). The
+# Gemma 3 270M GGUF tokenizer ships without one; `ensure_chat_template` attaches Gemma 3's so that
+# `apply_chat_template` works offline. The tests check these files against their published SHA-256.
+OFFICIAL_TEMPLATE_DIR = Path(__file__).resolve().parent / "gemma3" / "chat_templates"
+
+
+def official_chat_template(family: str) -> str:
+    """The official Jinja chat template of a Gemma family (``gemma3``, ``gemma3n``, ``gemma4``)."""
+    path = OFFICIAL_TEMPLATE_DIR / f"{family}.jinja"
+    if not path.is_file():
+        raise KeyError(f"No official chat template for {family!r} (looked for {path})")
+    return path.read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -79,6 +48,9 @@ class ChatTemplate:
     roles: tuple[tuple[str, str], ...] = (("user", "user"), ("assistant", "model"), ("system", "system"))
     system: str = "fold"  # "fold": prepend to the first user turn; "turn": its own turn; "drop"
     system_sep: str = "\n\n"
+    # A system prompt given as a content list: "first" uses its first text item as is (Gemma 3 / 3n); "spaced"
+    # writes every text item trimmed and followed by a space (Gemma 4).
+    system_items: str = "first"
     add_bos: bool = True
     trim: bool = True
     plain: bool = False  # caption-only: user text is dropped except media; the reply follows directly
@@ -111,6 +83,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
             turn_end="<turn|>",
             turn_sep="\n",
             system="turn",
+            system_items="spaced",
             stop_strings=("<turn|>",),
         ),
         # Projector pretraining: "<media>caption<eos>"; the instruction is dropped.
@@ -118,27 +91,12 @@ TEMPLATES: dict[str, ChatTemplate] = {
     )
 }
 
-_FAMILY_TEMPLATE = {"gemma3": "gemma", "gemma3n": "gemma", "gemma4": "gemma4"}
-
 
 def get_template(name: str) -> ChatTemplate:
     """Template by registry name (``gemma``, ``gemma4``, ``plain``)."""
     if name not in TEMPLATES:
         raise KeyError(f"Unknown chat template {name!r}; registered: {sorted(TEMPLATES)}")
     return TEMPLATES[name]
-
-
-def template_for_config(config) -> ChatTemplate:
-    """The template a model config asks for: ``config.chat_template`` if set, else by backbone family."""
-    name = getattr(config, "chat_template", None)
-    if name:
-        return get_template(name)
-    family = getattr(config, "backbone_family", None)
-    if family is None:
-        from gemma3.model.backbones import family_for_model_type
-
-        family = family_for_model_type(config.model_type)
-    return get_template(_FAMILY_TEMPLATE[family])
 
 
 @dataclass
@@ -159,15 +117,16 @@ _TAG_RE = re.compile("(" + "|".join(re.escape(t) for t in MEDIA_TAGS) + ")")
 Piece = tuple[str, bool]
 
 
-def _content_text(content) -> str:
-    """Message content as text; HF-style content lists become text with media tags."""
+def _content_text(content, trim: bool) -> str:
+    """Message content as text with media tags. A string is trimmed as a whole; in an HF content list each text
+    item is trimmed and the items are joined with nothing between them (as the official Gemma templates do)."""
     if isinstance(content, str):
-        return content
+        return content.strip() if trim else content
     parts = []
     for item in content:
         kind = item.get("type")
         if kind == "text":
-            parts.append(item["text"])
+            parts.append(item["text"].strip() if trim else item["text"])
         elif kind in ("image", "video"):
             parts.append(f"<{kind}>")
         else:
@@ -175,14 +134,24 @@ def _content_text(content) -> str:
     return "".join(parts)
 
 
+def _system_text(content, template: ChatTemplate) -> str:
+    """The system prompt's text: a string as given (trimmed in its own turn); a content list per the template."""
+    if isinstance(content, str):
+        return content.strip() if template.system == "turn" and template.trim else content
+    texts = [item["text"] for item in content if item.get("type") == "text"]
+    if template.system_items == "spaced":
+        return "".join(t.strip() + " " for t in texts)
+    return texts[0] if texts else ""
+
+
 def conversation_pieces(
     messages: Sequence[dict], template: ChatTemplate, bos_token: str, add_generation_prompt: bool = False
 ) -> list[Piece]:
     """The conversation as (text, supervised) pieces, media tags still inside the text."""
-    msgs = [{"role": m["role"], "content": _content_text(m["content"])} for m in messages]
+    msgs = [dict(m) for m in messages]
     prefix = ""
     if msgs and msgs[0]["role"] == "system":
-        system = msgs.pop(0)["content"]
+        system = _system_text(msgs.pop(0)["content"], template)
         if template.system == "fold":
             prefix = system + template.system_sep
         elif template.system == "turn":
@@ -191,15 +160,15 @@ def conversation_pieces(
     expect_user = True
     first_user = True
     for m in msgs:
-        role, text = m["role"], m["content"]
-        if role == "system":
+        role = m["role"]
+        if role == "system":  # already normalised by _system_text
             pieces.append((f"{template.turn_start}{template.role_name('system')}{template.role_suffix}", False))
-            pieces += [(text.strip() if template.trim else text, False), (template.turn_end + template.turn_sep, False)]
+            pieces += [(m["content"], False), (template.turn_end + template.turn_sep, False)]
             continue
         if (role == "user") != expect_user:
             raise ValueError("Conversation roles must alternate user/assistant/user/assistant/...")
         expect_user = not expect_user
-        body = text.strip() if template.trim else text
+        body = _content_text(m["content"], template.trim)
         if role == "user":
             if first_user:
                 body = prefix + body
@@ -229,14 +198,14 @@ def render_text(
     return "".join(t for t, _ in conversation_pieces(messages, template, bos_token, add_generation_prompt))
 
 
-MediaExpander = Callable[[str], list[int]]
+ExpandMedia = Callable[[str], list[int]]  # media tag -> placeholder ids
 
 
 def render_conversation(
     messages: Sequence[dict],
     tokenizer,
     template: ChatTemplate,
-    media_expander: MediaExpander | None = None,
+    media_expander: ExpandMedia | None = None,
     add_generation_prompt: bool = False,
     max_length: int | None = None,
 ) -> RenderedConversation:
@@ -293,4 +262,4 @@ def render_conversation(
 def ensure_chat_template(tokenizer) -> None:
     """Attach the official Gemma 3 chat template to a tokenizer that has none (e.g. loaded from GGUF)."""
     if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = GEMMA3_CHAT_TEMPLATE
+        tokenizer.chat_template = official_chat_template("gemma3")

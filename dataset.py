@@ -27,7 +27,7 @@ from typing import Protocol
 import torch
 from torch.utils.data import Dataset
 
-from constants import DEFAULT_MAX_BAD_FRACTION, IGNORE_INDEX, IMAGE_TAG, MEDIA_TAGS, VIDEO_TAG
+from constants import CLIP_MEAN, CLIP_STD, DEFAULT_MAX_BAD_FRACTION, IGNORE_INDEX, IMAGE_TAG, MEDIA_TAGS, VIDEO_TAG
 from conversation import ChatTemplate, render_conversation
 from mm_utils import MediaError, MediaExpander, preprocess_frames, read_frame_list, read_image, read_video
 
@@ -242,7 +242,8 @@ def collate_text(
 
 
 class CustomModelPlugin:
-    """Samples -> tensors for the custom model: frames read, normalised (CLIP statistics), tags expanded."""
+    """Samples -> tensors for the custom model: frames read, normalised (CLIP statistics unless given), tags
+    expanded to the config's placeholder ids."""
 
     def __init__(
         self,
@@ -252,6 +253,8 @@ class CustomModelPlugin:
         fps: float = 1.0,
         image_size: int | None = None,
         max_length: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         self.config = config
         self.num_frames = num_frames or config.num_frames
@@ -260,6 +263,8 @@ class CustomModelPlugin:
         self.sampling = sampling
         self.fps = fps
         self.image_size = image_size or config.vision_config.image_size
+        self.mean = tuple(mean) if mean is not None else CLIP_MEAN
+        self.std = tuple(std) if std is not None else CLIP_STD
         self.max_length = max_length
         self.expander = MediaExpander(config)
         pad = getattr(config.text_config, "pad_token_id", None)
@@ -272,8 +277,8 @@ class CustomModelPlugin:
                 frames = read_frame_list(list(media.path), self.num_frames).frames
             else:
                 frames = read_video(media.path, self.num_frames, self.sampling, self.fps).frames
-            return preprocess_frames(frames, self.image_size)
-        return preprocess_frames(read_image(media.path)[None], self.image_size)[0]
+            return preprocess_frames(frames, self.image_size, self.mean, self.std)
+        return preprocess_frames(read_image(media.path)[None], self.image_size, self.mean, self.std)[0]
 
     def encode(
         self, sample: Sample, tokenizer, template: ChatTemplate, add_generation_prompt: bool = False

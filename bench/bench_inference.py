@@ -26,9 +26,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import dataset as ds
-    import gemma3n_batch_inference as inf
-    from conversation import template_for_config
+    import gemma3.inference as inf
     from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset
+    from gemma3.families import CUSTOM
     from gemma3.model.builder import build_model
     from gemma3.offline_models import gemma3_270m_path
     from gemma3.pipeline import CPU_CLIP, CPU_VIDEOMAMBA
@@ -52,9 +52,10 @@ def main() -> None:
         pred = inf.Predictor(
             model,
             tok,
-            ds.CustomModelPlugin(model.config),
-            template_for_config(model.config),
+            CUSTOM.plugin(model, tok, CUSTOM.default_processing(model, tok)),
+            CUSTOM.template(model.config),
             inf.GenerationConfig(max_new_tokens=args.new_tokens),
+            CUSTOM.stop_token_ids(model.config, tok),
         )
         if len(samples) < args.prompts:
             raise SystemExit(f"only {len(samples)} prompts available, {args.prompts} asked")

@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from eval.benchmarks import get_benchmark  # noqa: E402
-from eval.benchmarks.base import read_predictions, references_from_annotations  # noqa: E402
+from eval.benchmarks import get_benchmark
+from eval.benchmarks.base import read_predictions, references_from_annotations
 
 
 def load_classes(path_or_list) -> list[str] | None:
@@ -68,39 +63,34 @@ def evaluate(
 
 def run_model_then_evaluate(
     benchmark: str,
-    model_path: str,
-    annotations: str,
-    media_root: str | None,
+    model_path: str | Path,
+    annotations: str | Path,
+    media_root: str | Path | None,
     output_dir: str | Path,
     batch_size: int = 8,
     max_new_tokens: int = 64,
-    runner: Callable[[list[str]], dict] | None = None,
     num_frames: int | None = None,
+    dtype: str = "float32",
     **kw,
 ) -> dict:
-    """Generate predictions with the batched inference script (resumable), then score them."""
+    """Generate predictions with batched inference (resumable; the model's saved frame processing unless
+    ``num_frames`` overrides it), then score them."""
+    import torch
+
+    from dataset import load_annotations
+    from gemma3.inference import GenerationConfig, load_predictor, predict
+
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     preds = out / "predictions.jsonl"
-    argv = [
-        "--model_path",
+    predictor = load_predictor(
         model_path,
-        "--annotations",
-        annotations,
-        "--output",
-        str(preds),
-        "--batch_size",
-        str(batch_size),
-        "--max_new_tokens",
-        str(max_new_tokens),
-    ] + (["--media_root", media_root] if media_root else [])
-    if num_frames:
-        argv += ["--num_frames", str(num_frames)]
-    if runner is None:
-        import gemma3n_batch_inference
-
-        runner = gemma3n_batch_inference.main
-    runner(argv)
+        dtype=getattr(torch, dtype),
+        num_frames=num_frames,
+        generation=GenerationConfig(max_new_tokens=max_new_tokens),
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )
+    predict(predictor, load_annotations(annotations, media_root=media_root), preds, batch_size=batch_size)
     return evaluate(benchmark, preds, annotations=annotations, output_dir=out, **kw)
 
 
@@ -126,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model_path", default=None, help="run inference first with this model")
     ap.add_argument("--media_root", default=None)
     ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--num_frames", type=int, default=None, help="frames per video (native VLMs; default 8)")
+    ap.add_argument("--num_frames", type=int, default=None, help="override the model's saved frames per video")
     args = ap.parse_args(argv)
     common = dict(classes=args.classes, synonyms=args.synonyms, use_embeddings=args.embeddings)
     if args.model_path:

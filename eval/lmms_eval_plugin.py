@@ -1,7 +1,7 @@
 """lmms-eval model plugin, so lmms-eval's own video tasks run on our models.
 
     python eval/lmms_eval_plugin.py --model video_gemma \
-        --model_args pretrained=outputs/qved_pipeline/finetune,batch_size=8 --tasks mvbench
+        --model_args pretrained=outputs/qevd_pipeline/finetune,batch_size=8 --tasks mvbench
 
 (the same command line as ``python -m lmms_eval``, with this model registered first).
 
@@ -30,7 +30,7 @@ except ImportError:  # noqa: SIM105
 
 @register_model("video_gemma")
 class VideoGemmaLMMS(_Base):
-    """lmms-eval wrapper around `gemma3n_batch_inference.Predictor` (custom or native models)."""
+    """lmms-eval wrapper around `gemma3.inference.Predictor` (custom or native models)."""
 
     def __init__(
         self,
@@ -44,7 +44,7 @@ class VideoGemmaLMMS(_Base):
     ) -> None:
         if _Base is not object:
             super().__init__()
-        import gemma3n_batch_inference as inf
+        import gemma3.inference as inf
 
         self.predictor = predictor or inf.load_predictor(
             pretrained,

@@ -1,5 +1,10 @@
-"""The whole pipeline in one command: data -> projector pretraining -> LoRA finetuning -> batched inference on the
-test split -> evaluation -> results table and plots. ``bash scripts/finetune_qved.sh`` runs it.
+"""The whole pipeline: data -> projector pretraining -> LoRA finetuning -> batched inference on the test split ->
+evaluation -> results table and plots. ``bash scripts/finetune_qevd.sh`` runs it.
+
+Each step is a Python function with typed arguments (`prepare_data`, `model_sources`, `pretrain`, `finetune`,
+`infer`, `evaluate_split`, `report`) that `run` calls in order; `main` only parses the command line into a
+`PipelineConfig`. Training runs in this process; with several GPUs the training steps go through the DeepSpeed
+launcher with the same arguments written to a YAML file.
 
 Presets (``--preset auto`` picks ``gpu`` when CUDA is available and the model hub is reachable, else ``cpu``):
 
@@ -14,16 +19,20 @@ Every step writes into ``--output_dir`` and is skipped when its output exists, s
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 logger = logging.getLogger("gemma3.pipeline")
 REPO = Path(__file__).resolve().parents[1]
@@ -38,8 +47,35 @@ CPU_CLIP = {
 }
 CPU_VIDEOMAMBA = {"embed_dim": 64, "depth": 2, "patch_size": 16, "d_state": 8, "out_grid": 2}
 
-PRESETS = {
-    "cpu": dict(
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes and hyperparameters of one pipeline preset (every field is overridable from the command line)."""
+
+    num_frames: int
+    keyframe_chunk_size: int
+    keyframes_per_chunk: int
+    image_output_grid: int
+    video_output_grid: int
+    video_size: str
+    batch: int
+    grad_accum: int
+    pretrain_steps: int
+    finetune_steps: int
+    pretrain_lr: float
+    lr: float
+    projector_lr: float
+    encoder_lr: float
+    lora_r: int
+    lora_alpha: int
+    max_length: int
+    clips_per_class: int
+    bf16: bool
+    eval_batch: int
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset(
         num_frames=8,
         keyframe_chunk_size=8,
         keyframes_per_chunk=4,
@@ -61,7 +97,7 @@ PRESETS = {
         bf16=False,
         eval_batch=16,
     ),
-    "gpu": dict(
+    "gpu": Preset(
         num_frames=16,
         keyframe_chunk_size=8,
         keyframes_per_chunk=4,
@@ -86,6 +122,34 @@ PRESETS = {
 }
 
 
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One pipeline run: where things go, which preset, and the preset with its overrides applied."""
+
+    preset_name: str
+    preset: Preset
+    data_dir: Path
+    output_dir: Path
+    model_id: str | None = None
+    video_encoder: str | None = None
+    epochs: float = 1.0
+    seed: int = 0
+    report_to: str = "tensorboard"
+
+
+@dataclass(frozen=True)
+class ModelSources:
+    """What the build step resolved: the LLM and the encoders (checkpoints, or configs for random init)."""
+
+    llm: str
+    image_encoder: str | None
+    video_encoder: str | None = None
+    image_encoder_config: str | None = None
+    video_encoder_config: str | None = None
+    encoder_lr: float | None = None  # encoders without checkpoints train (cpu preset)
+    extra: dict = field(default_factory=dict)
+
+
 def hub_reachable(timeout: float = 5.0) -> bool:
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         return False
@@ -104,224 +168,254 @@ def choose_preset(name: str) -> str:
     return "gpu" if torch.cuda.is_available() and hub_reachable() else "cpu"
 
 
-def _run(cmd: list[str], log: Path) -> None:
-    """Run a step, teeing its output to a log file; a failure names the log."""
-    logger.info("$ %s", " ".join(cmd))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with log.open("w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            f.write(line)
-            if "'loss'" in line or "Error" in line or "accuracy" in line:
-                sys.stdout.write("    " + line.strip()[:200] + "\n")
-        if proc.wait() != 0:
-            raise RuntimeError(f"step failed (exit {proc.returncode}); see {log}")
+@contextlib.contextmanager
+def log_to(path: Path) -> Iterator[None]:
+    """Copy everything logged during a step into ``path`` (the step's log file)."""
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        handler.close()
 
 
-def _flags(d: dict) -> list[str]:
-    out = []
-    for k, v in d.items():
-        if v is not None:
-            out += [f"--{k}", str(v)]
-    return out
+# ---------------------------------------------------------------- steps
 
 
-def run(args: argparse.Namespace) -> dict:
-    preset = choose_preset(args.preset)
-    p = {**PRESETS[preset], **{k: v for k, v in vars(args).items() if k in PRESETS["cpu"] and v is not None}}
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    data = Path(args.data_dir)
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    logger.info("preset %s: %s", preset, json.dumps(p))
-
-    # 1. data
-    if not (data / "annotations" / "train.json").exists():
+def prepare_data(data_dir: Path, clips_per_class: int, num_frames: int, seed: int) -> Path:
+    """Generate the synthetic action dataset unless ``data_dir`` already holds annotations; returns the folder."""
+    if not (data_dir / "annotations" / "train.json").exists():
         from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset
 
-        logger.info("[1/5] generating the synthetic action dataset in %s", data)
+        logger.info("[1/5] generating the synthetic action dataset in %s", data_dir)
         make_synthetic_dataset(
-            data, SyntheticConfig(clips_per_class=p["clips_per_class"], num_frames=p["num_frames"], seed=args.seed)
+            data_dir, SyntheticConfig(clips_per_class=clips_per_class, num_frames=num_frames, seed=seed)
         )
-    timings["data"] = time.perf_counter() - t0
+    return data_dir
 
-    # 2. model sources
-    if preset == "cpu":
+
+def model_sources(cfg: PipelineConfig) -> ModelSources:
+    """The build step: the preset's LLM and encoders (the cpu preset writes the small encoder configs)."""
+    out = cfg.output_dir
+    if cfg.preset_name == "cpu":
         from gemma3.offline_models import gemma3_270m_path
 
-        llm = args.model_id or str(gemma3_270m_path())
         (out / "clip_config.json").write_text(json.dumps(CPU_CLIP))
         (out / "videomamba_config.json").write_text(json.dumps(CPU_VIDEOMAMBA))
-        sources = {
-            "image_encoder": "none",
-            "image_encoder_config": out / "clip_config.json",
-            "video_encoder_config": out / "videomamba_config.json",
-        }
-        encoder_lrs = {"image_encoder_lr": p["encoder_lr"], "video_encoder_lr": p["encoder_lr"]}
-    else:
-        llm = args.model_id or "google/gemma-3n-E2B-it"
-        video_ckpt = args.video_encoder or os.environ.get("VIDEO_ENCODER")
-        if not video_ckpt:
-            from huggingface_hub import hf_hub_download
+        return ModelSources(
+            llm=cfg.model_id or str(gemma3_270m_path()),
+            image_encoder=None,
+            image_encoder_config=str(out / "clip_config.json"),
+            video_encoder_config=str(out / "videomamba_config.json"),
+            encoder_lr=cfg.preset.encoder_lr,
+        )
+    video_ckpt = cfg.video_encoder or os.environ.get("VIDEO_ENCODER")
+    if not video_ckpt:
+        from huggingface_hub import hf_hub_download
 
-            video_ckpt = hf_hub_download("OpenGVLab/VideoMamba", "videomamba_m16_25M_f8_res224.pth")
-        sources = {"image_encoder": "openai/clip-vit-base-patch16", "video_encoder": video_ckpt}
-        encoder_lrs = {}
-    common = {
+        from constants import DEFAULT_VIDEO_ENCODER, DEFAULT_VIDEO_ENCODER_FILE
+
+        video_ckpt = hf_hub_download(DEFAULT_VIDEO_ENCODER, DEFAULT_VIDEO_ENCODER_FILE)
+    return ModelSources(
+        llm=cfg.model_id or "google/gemma-3n-E2B-it",
+        image_encoder="openai/clip-vit-base-patch16",
+        video_encoder=str(video_ckpt),
+    )
+
+
+def _stage_arguments(cfg: PipelineConfig, src: ModelSources, stage: str, out: Path, steps: int, **extra) -> dict:
+    """Training arguments of one stage, by the names the training entry point takes."""
+    p = cfg.preset
+    args = {
         "model_family": "custom",
-        "num_frames": p["num_frames"],
-        "keyframe_chunk_size": p["keyframe_chunk_size"],
-        "keyframes_per_chunk": p["keyframes_per_chunk"],
-        "image_output_grid": p["image_output_grid"],
-        "video_output_grid": p["video_output_grid"],
-        "video_size": p["video_size"],
-        "data_path": data / "annotations" / "train.json",
-        "video_folder": data,
-        "per_device_train_batch_size": p["batch"],
-        "gradient_accumulation_steps": p["grad_accum"],
-        "max_length": p["max_length"],
-        "bf16": p["bf16"],
-        "logging_steps": 10,
+        "model_id": src.llm,
+        "image_encoder": src.image_encoder or "none",
+        "video_encoder": src.video_encoder,
+        "image_encoder_config": src.image_encoder_config,
+        "video_encoder_config": src.video_encoder_config,
+        "num_frames": p.num_frames,
+        "keyframe_chunk_size": p.keyframe_chunk_size,
+        "keyframes_per_chunk": p.keyframes_per_chunk,
+        "image_output_grid": p.image_output_grid,
+        "video_output_grid": p.video_output_grid,
+        "video_size": p.video_size,
+        "data_path": str(cfg.data_dir / "annotations" / "train.json"),
+        "video_folder": str(cfg.data_dir),
+        "per_device_train_batch_size": p.batch,
+        "gradient_accumulation_steps": p.grad_accum,
+        "max_length": p.max_length,
+        "bf16": p.bf16,
         "save_strategy": "steps",
         "save_steps": 100,
         "save_total_limit": 1,
-        "report_to": args.report_to,
-        "seed": args.seed,
-        "dataloader_num_workers": 0 if preset == "cpu" else 4,
+        "report_to": cfg.report_to,
+        "seed": cfg.seed,
+        "dataloader_num_workers": 0 if cfg.preset_name == "cpu" else 4,
         "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.03,
         "weight_decay": 0.0,
         "resume_from_checkpoint": "auto",
-        **sources,
+        "stage": stage,
+        "output_dir": str(out),
+        "use_cpu": cfg.preset_name == "cpu",
     }
-    if preset == "cpu":
-        common["use_cpu"] = True
-        launcher = [sys.executable, "-m", "gemma3.train.train"]
+    if steps:  # a step budget, logging often enough that short runs still get a loss curve
+        args.update(max_steps=steps, logging_steps=max(1, min(10, steps // 10)))
     else:
-        launcher = [
-            "deepspeed",
-            "--num_gpus",
-            str(torch.cuda.device_count()),
-            "gemma3/train/train.py",
-            "--deepspeed",
-            "scripts/zero2.json",
-            "--gradient_checkpointing",
-            "True",
-        ]
+        args.update(num_train_epochs=cfg.epochs, logging_steps=10)
+    if cfg.preset_name != "cpu":
+        args.update(deepspeed=str(REPO / "scripts" / "zero2.json"), gradient_checkpointing=True)
+    args.update(extra)
+    return {k: v for k, v in args.items() if v is not None}
 
-    def steps(n: int) -> dict:
-        """Step budget (or epochs), logging often enough that short runs still get a loss curve."""
-        if not n:
-            return {"num_train_epochs": args.epochs}
-        return {"max_steps": n, "logging_steps": max(1, min(10, n // 10))}
 
-    # 3. projector (and, on CPU, encoder) pretraining
-    pre = out / "pretrain"
-    if not (pre / "trainer_state.json").exists():
-        logger.info("[2/5] projector pretraining -> %s", pre)
-        _run(
-            launcher
-            + _flags(
-                {
-                    **common,
-                    "model_id": llm,
-                    "stage": "pretrain",
-                    "output_dir": pre,
-                    "learning_rate": p["pretrain_lr"],
-                    **steps(p["pretrain_steps"]),
-                    **{k: p["pretrain_lr"] for k in encoder_lrs},
-                }
-            ),
-            out / "pretrain.log",
+def train_stage(arguments: dict, log: Path) -> None:
+    """Run one training stage: in this process, or through the DeepSpeed launcher when several GPUs are visible
+    (the same arguments, written to a YAML file next to the log)."""
+    from gemma3.train import train as T
+    from gemma3.train.arguments import argument_parser, check_arguments
+
+    gpus = torch.cuda.device_count()
+    if gpus > 1:
+        config = log.with_suffix(".yaml")
+        config.write_text(yaml.safe_dump(arguments, sort_keys=False))
+        cmd = ["deepspeed", "--num_gpus", str(gpus), "--module", "gemma3.train.train", "--config", str(config)]
+        logger.info("$ %s  (log: %s)", " ".join(cmd), log)
+        with log.open("w") as f:
+            if subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode != 0:
+                raise RuntimeError(f"training stage failed; see {log}")
+        return
+    with log_to(log):
+        T.ensure_distributed_env(arguments.get("deepspeed"))
+        T.train(*check_arguments(*argument_parser().parse_dict(arguments)))
+
+
+def pretrain(cfg: PipelineConfig, src: ModelSources) -> Path:
+    """Projector (and, on the cpu preset, encoder) pretraining; returns its output folder."""
+    p, out = cfg.preset, cfg.output_dir / "pretrain"
+    if not (out / "trainer_state.json").exists():
+        logger.info("[2/5] projector pretraining -> %s", out)
+        lrs = {} if src.encoder_lr is None else {"image_encoder_lr": p.pretrain_lr, "video_encoder_lr": p.pretrain_lr}
+        args = _stage_arguments(cfg, src, "pretrain", out, p.pretrain_steps, learning_rate=p.pretrain_lr, **lrs)
+        train_stage(args, cfg.output_dir / "pretrain.log")
+    return out
+
+
+def finetune(cfg: PipelineConfig, src: ModelSources, pretrained: Path) -> Path:
+    """LoRA finetuning from the pretrained projectors; returns its output folder."""
+    p, out = cfg.preset, cfg.output_dir / "finetune"
+    if not (out / "trainer_state.json").exists():
+        logger.info("[3/5] LoRA finetuning -> %s", out)
+        lr = src.encoder_lr
+        encoder_lrs = {} if lr is None else {"image_encoder_lr": lr, "video_encoder_lr": lr}
+        args = _stage_arguments(
+            cfg,
+            src,
+            "finetune",
+            out,
+            p.finetune_steps,
+            pretrained_projector=str(pretrained),
+            use_lora=True,
+            lora_r=p.lora_r,
+            lora_alpha=p.lora_alpha,
+            learning_rate=p.lr,
+            projector_lr=p.projector_lr,
+            **encoder_lrs,
         )
-    timings["pretrain"] = time.perf_counter() - t0 - sum(timings.values())
+        train_stage(args, cfg.output_dir / "finetune.log")
+    return out
 
-    # 4. LoRA finetuning from the pretrained projectors
-    ft = out / "finetune"
-    if not (ft / "trainer_state.json").exists():
-        logger.info("[3/5] LoRA finetuning -> %s", ft)
-        _run(
-            launcher
-            + _flags(
-                {
-                    **common,
-                    "model_id": llm,
-                    "stage": "finetune",
-                    "output_dir": ft,
-                    "pretrained_projector": pre,
-                    "use_lora": True,
-                    "lora_r": p["lora_r"],
-                    "lora_alpha": p["lora_alpha"],
-                    "learning_rate": p["lr"],
-                    "projector_lr": p["projector_lr"],
-                    **steps(p["finetune_steps"]),
-                    **encoder_lrs,
-                }
-            ),
-            out / "finetune.log",
-        )
-    timings["finetune"] = time.perf_counter() - t0 - sum(timings.values())
 
-    # 5. batched inference on the test split (resumable), then evaluation
-    preds = out / "predictions.jsonl"
-    logger.info("[4/5] batched inference on the test split -> %s", preds)
-    import gemma3n_batch_inference as infer
+def infer(model_dir: Path, data_dir: Path, output: Path, batch_size: int, bf16: bool) -> dict:
+    """Batched greedy inference on the test split (resumable); returns the inference stats."""
+    from dataset import load_annotations
+    from gemma3.inference import GenerationConfig, load_predictor, predict
 
-    stats = infer.main(
-        [
-            "--model_path",
-            str(ft),
-            "--annotations",
-            str(data / "annotations" / "test.json"),
-            "--media_root",
-            str(data),
-            "--output",
-            str(preds),
-            "--batch_size",
-            str(p["eval_batch"]),
-            "--max_new_tokens",
-            "8",
-            "--dtype",
-            "bfloat16" if p["bf16"] else "float32",
-        ]
+    logger.info("[4/5] batched inference on the test split -> %s", output)
+    predictor = load_predictor(
+        model_dir,
+        dtype=torch.bfloat16 if bf16 else torch.float32,
+        generation=GenerationConfig(max_new_tokens=8),
+        device="cuda" if torch.cuda.is_available() else "cpu",
     )
-    timings["inference"] = time.perf_counter() - t0 - sum(timings.values())
+    samples = load_annotations(data_dir / "annotations" / "test.json", media_root=data_dir)
+    return predict(predictor, samples, output, batch_size=batch_size)
 
-    logger.info("[5/5] evaluation")
+
+def class_names(data_dir: Path) -> list[str]:
+    return [c for c in (data_dir / "classes.txt").read_text().split("\n") if c]
+
+
+def evaluate_split(predictions: Path, data_dir: Path, output_dir: Path) -> dict:
+    """Action-recognition metrics of the predictions (metrics.json and a confusion-matrix PNG)."""
     from eval.evaluate import evaluate
 
-    classes = (data / "classes.txt").read_text().split("\n")
-    metrics = evaluate("action_recognition", preds, output_dir=out / "eval", classes=[c for c in classes if c])
-    timings["evaluation"] = time.perf_counter() - t0 - sum(timings.values())
-    total = time.perf_counter() - t0
-    chance = 1 / max(1, len([c for c in classes if c]))
+    logger.info("[5/5] evaluation")
+    return evaluate("action_recognition", predictions, output_dir=output_dir, classes=class_names(data_dir))
+
+
+def report(summary: dict, out: Path) -> str:
+    """Write results.json and the results.md table; returns the table."""
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    stats = summary["inference"]
+    table = [
+        "| metric | value |",
+        "|---|---|",
+        f"| test top-1 accuracy | {summary['test_accuracy']:.3f} ({summary['times_chance']:.1f}x chance "
+        f"{summary['chance']:.3f}) |",
+        f"| mean class accuracy | {summary['mean_class_accuracy']:.3f} |",
+        f"| test clips | {summary['num_test']} |",
+        f"| generation tokens/s | {stats.get('tokens_per_s', 0):.1f} |",
+        *[f"| time: {k} | {v:.0f} s |" for k, v in summary["seconds"].items()],
+    ]
+    text = "\n".join(table) + "\n"
+    (out / "results.md").write_text(text)
+    return text
+
+
+def run(cfg: PipelineConfig) -> dict:
+    """All steps in order; each is skipped when its output exists."""
+    out, p = cfg.output_dir, cfg.preset
+    out.mkdir(parents=True, exist_ok=True)
+    logger.info("preset %s: %s", cfg.preset_name, json.dumps(dataclasses.asdict(p)))
+    marks = [("start", time.perf_counter())]
+
+    def mark(name: str) -> None:
+        marks.append((name, time.perf_counter()))
+
+    data = prepare_data(cfg.data_dir, p.clips_per_class, p.num_frames, cfg.seed)
+    mark("data")
+    src = model_sources(cfg)
+    pre = pretrain(cfg, src)
+    mark("pretrain")
+    ft = finetune(cfg, src, pre)
+    mark("finetune")
+    stats = infer(ft, data, out / "predictions.jsonl", p.eval_batch, p.bf16)
+    mark("inference")
+    metrics = evaluate_split(out / "predictions.jsonl", data, out / "eval")
+    mark("evaluation")
+    seconds = {name: round(t - marks[i][1], 1) for i, (name, t) in enumerate(marks[1:])}
+    seconds["total"] = round(marks[-1][1] - marks[0][1], 1)
+    chance = 1 / max(1, len(class_names(data)))
     summary = {
-        "preset": preset,
+        "preset": cfg.preset_name,
         "test_accuracy": metrics["top1_accuracy"],
         "chance": chance,
         "times_chance": metrics["top1_accuracy"] / chance,
         "mean_class_accuracy": metrics["mean_class_accuracy"],
         "num_test": metrics["num_samples"],
         "inference": stats,
-        "seconds": {k: round(v, 1) for k, v in {**timings, "total": total}.items()},
+        "seconds": seconds,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    for f in ("loss.png",):
-        if (ft / f).exists():
-            shutil.copy(ft / f, out / f"finetune_{f}")
-    table = [
-        "| metric | value |",
-        "|---|---|",
-        f"| test top-1 accuracy | {summary['test_accuracy']:.3f} ({summary['times_chance']:.1f}x chance "
-        f"{chance:.3f}) |",
-        f"| mean class accuracy | {summary['mean_class_accuracy']:.3f} |",
-        f"| test clips | {summary['num_test']} |",
-        f"| generation tokens/s | {stats.get('tokens_per_s', 0):.1f} |",
-        *[f"| time: {k} | {v:.0f} s |" for k, v in summary["seconds"].items()],
-    ]
-    (out / "results.md").write_text("\n".join(table) + "\n")
-    print("\n".join(table))
+    if (ft / "loss.png").exists():
+        shutil.copy(ft / "loss.png", out / "finetune_loss.png")
+    logger.info("results:\n%s", report(summary, out))
     return summary
 
 
@@ -329,21 +423,38 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="auto", choices=["auto", "cpu", "gpu"])
     ap.add_argument("--data_dir", default="data/synthetic_actions")
-    ap.add_argument("--output_dir", default="outputs/qved_pipeline")
+    ap.add_argument("--output_dir", default="outputs/qevd_pipeline")
     ap.add_argument("--model_id", default=None, help="LLM override (HF id or folder)")
     ap.add_argument("--video_encoder", default=None, help="official VideoMamba .pth (gpu preset)")
     ap.add_argument("--epochs", type=float, default=1.0, help="epochs when a preset trains by epochs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report_to", default="tensorboard")
-    for key, val in PRESETS["cpu"].items():  # every preset value is overridable
-        kind = (lambda s: s.lower() in ("1", "true", "yes")) if isinstance(val, bool) else type(val)
-        ap.add_argument(f"--{key}", type=kind, default=None)
+    types = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes")}
+    for f in dataclasses.fields(Preset):  # every preset value is overridable
+        ap.add_argument(f"--{f.name}", type=types[str(f.type)], default=None)
     return ap
+
+
+def config_from_args(args: argparse.Namespace) -> PipelineConfig:
+    """The typed run configuration of a parsed command line (preset + overrides)."""
+    name = choose_preset(args.preset)
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Preset) if getattr(args, f.name) is not None}
+    return PipelineConfig(
+        preset_name=name,
+        preset=dataclasses.replace(PRESETS[name], **overrides),
+        data_dir=Path(args.data_dir),
+        output_dir=Path(args.output_dir),
+        model_id=args.model_id,
+        video_encoder=args.video_encoder,
+        epochs=args.epochs,
+        seed=args.seed,
+        report_to=args.report_to,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(build_parser().parse_args(argv))
+    return run(config_from_args(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -1,32 +1,3 @@
 #!/usr/bin/env bash
-# The main job: data -> projector pretraining -> LoRA finetuning -> batched inference -> evaluation -> results.
-#
-#   bash scripts/finetune_qved.sh                 # CPU, offline: Gemma 3 270M (PyPI GGUF) + synthetic actions
-#   PRESET=gpu DATA_DIR=data/qevd bash scripts/finetune_qved.sh      # GPU + hub: gemma-3n-E2B-it, CLIP, VideoMamba
-#
-# Environment variables (all optional): PRESET (auto|cpu|gpu), DATA_DIR, OUTPUT_DIR, MODEL_ID, VIDEO_ENCODER,
-# EPOCHS, PRETRAIN_STEPS, FINETUNE_STEPS, LR, PRETRAIN_LR, PROJECTOR_LR, ENCODER_LR, LORA_R, LORA_ALPHA, BATCH,
-# GRAD_ACCUM, MAX_LENGTH, NUM_FRAMES, CLIPS_PER_CLASS, SEED, REPORT_TO. Extra flags pass through to the pipeline.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-
-ARGS=(--preset "${PRESET:-auto}" --data_dir "${DATA_DIR:-data/synthetic_actions}"
-      --output_dir "${OUTPUT_DIR:-outputs/qved_pipeline}" --seed "${SEED:-0}" --report_to "${REPORT_TO:-tensorboard}")
-add() { if [ -n "${2:-}" ]; then ARGS+=("$1" "$2"); fi; }
-add --model_id "${MODEL_ID:-}"
-add --video_encoder "${VIDEO_ENCODER:-}"
-add --epochs "${EPOCHS:-}"
-add --pretrain_steps "${PRETRAIN_STEPS:-}"
-add --finetune_steps "${FINETUNE_STEPS:-}"
-add --lr "${LR:-}"
-add --pretrain_lr "${PRETRAIN_LR:-}"
-add --projector_lr "${PROJECTOR_LR:-}"
-add --encoder_lr "${ENCODER_LR:-}"
-add --lora_r "${LORA_R:-}"
-add --lora_alpha "${LORA_ALPHA:-}"
-add --batch "${BATCH:-}"
-add --grad_accum "${GRAD_ACCUM:-}"
-add --max_length "${MAX_LENGTH:-}"
-add --num_frames "${NUM_FRAMES:-}"
-add --clips_per_class "${CLIPS_PER_CLASS:-}"
-exec python3 -m gemma3.pipeline "${ARGS[@]}" "$@"
+# Old name of scripts/finetune_qevd.sh (the dataset is QEVD), kept so existing command lines keep working.
+exec bash "$(dirname "$0")/finetune_qevd.sh" "$@"

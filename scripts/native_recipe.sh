@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a native Gemma VLM recipe from scripts/recipes/ (YAML defaults; extra flags override them).
 #
-#   bash scripts/native_recipe.sh gemma4_e4b_lora --data_path data/qved/train.json --video_folder data/qved
+#   bash scripts/native_recipe.sh gemma4_e4b_lora --data_path data/qevd/train.json --video_folder data/qevd
 #   NUM_GPUS=4 bash scripts/native_recipe.sh gemma3_4b_vision_alignment
 #
 # Recipes: gemma3_4b_vision_alignment, gemma4_e4b_lora, gemma4_qlora_pets (see docs/native.md).

@@ -12,7 +12,6 @@ from conversation import (
     get_template,
     render_conversation,
     render_text,
-    template_for_config,
 )
 
 
@@ -114,15 +113,18 @@ def test_gemma4_and_plain_templates(tok):
 
 
 def test_template_chosen_by_config_not_path():
-    class Cfg:
-        chat_template = None
-        backbone_family = "gemma4"
+    from types import SimpleNamespace
 
-    assert template_for_config(Cfg()).name == "gemma4"
-    Cfg.backbone_family = "gemma3n"
-    assert template_for_config(Cfg()).name == "gemma"
-    Cfg.chat_template = "plain"
-    assert template_for_config(Cfg()).name == "plain"
+    from gemma3.families import CUSTOM, get_family
+
+    def cfg(text_type, template=None):
+        return SimpleNamespace(chat_template=template, text_config=SimpleNamespace(model_type=text_type))
+
+    assert CUSTOM.template(cfg("gemma4_text")).name == "gemma4"
+    assert CUSTOM.template(cfg("gemma3n_text")).name == "gemma"
+    assert CUSTOM.template(cfg("gemma3n_text", "plain")).name == "plain"
+    assert [get_family(n).template().name for n in ("gemma3", "gemma3n", "gemma4")] == ["gemma", "gemma", "gemma4"]
+    assert get_family("gemma4").stop_strings(None) == ("<turn|>",)
     with pytest.raises(KeyError, match="Unknown chat template"):
         get_template("llava")
     assert set(TEMPLATES) == {"gemma", "gemma4", "plain"}

@@ -9,7 +9,7 @@ import torch
 from tiny_checkpoints import custom_train_args, make_dataset, make_encoder_configs, make_llm
 
 import dataset as ds
-import gemma3n_batch_inference as inf
+import gemma3.inference as inf
 from gemma3.train import train as T
 
 
@@ -72,16 +72,51 @@ def test_restart_skips_done_ids_and_bad_media_is_recorded(trained, tmp_path):
     assert all(r["reference"] for r in rows)
 
 
-def test_rank_candidates_prefers_trained_answer(trained):
-    root, data = trained
+@pytest.fixture(scope="module")
+def memorised(tmp_path_factory, gemma270m_dir):
+    """A tiny custom model fully fine-tuned until it answers every clip with one phrase."""
+    root = tmp_path_factory.mktemp("memorised")
+    llm = make_llm(root, gemma270m_dir)
+    clip, vm = make_encoder_configs(root)
+    data = make_dataset(root, n=4)
+    recs = json.loads(data.read_text())
+    for r in recs:
+        r["conversations"][1]["value"] = "moving left"
+    data.write_text(json.dumps(recs))
+    args = custom_train_args(llm, clip, vm, data, root / "out", stage="finetune", max_steps=25, learning_rate=1e-2)
+    T.main(args + ["--projector_lr", "1e-2"])
+    return root, data
+
+
+def test_rank_candidates_prefers_trained_answer(memorised):
+    root, data = memorised
     pred = inf.load_predictor(str(root / "out"))
-    sample = ds.load_annotations(data)[0]
-    scores = pred.rank_candidates(sample, ["moving left", "moving right", "zebra crossing"])
-    assert len(scores) == 3 and all(s < 0 for s in scores)
+    sample = ds.load_annotations(data)[1]
+    assert sample.reference == "moving left"
+    candidates = ["zebra crossing", "moving left", "moving right"]
+    scores = pred.rank_candidates(sample, candidates)
+    assert max(range(3), key=scores.__getitem__) == 1, scores  # the memorised answer wins
+    assert all(s < 0 for s in scores)  # log-probabilities
     ((ll, greedy),) = pred.loglikelihood([sample])
-    assert isinstance(greedy, bool) and ll == pytest.approx(
-        pred.rank_candidates(sample, [sample.reference])[0], rel=1e-5
-    )
+    assert ll == pytest.approx(scores[1], rel=1e-5)
+    # The greedy flag says whether greedy decoding reproduces the reply exactly.
+    prompt = ds.Sample(sample.id, sample.messages[:-1], sample.media)
+    assert greedy == (pred.generate([pred.encode(prompt)])[0][0] == "moving left")
+    wrong = ds.Sample(sample.id, [*sample.messages[:-1], {"role": "assistant", "content": "zebra"}], sample.media)
+    assert pred.loglikelihood([wrong])[0][1] is False
+    # The summed log-probability equals a teacher-forced forward pass computed by hand.
+    feats = pred.plugin.collate([pred.encode(prompt)], "left")
+    ids = feats["input_ids"]
+    reply = pred.text_tokenizer("moving left<end_of_turn>", add_special_tokens=False).input_ids
+    full = torch.cat([ids, torch.tensor([reply])], 1)
+    mask = torch.ones_like(full)
+    with torch.no_grad():
+        hidden = pred.model(
+            input_ids=full, attention_mask=mask, pixel_values_videos=feats["pixel_values_videos"]
+        ).logits  # [1, L, V] (no labels: full logits)
+    lp = torch.log_softmax(hidden[0, ids.shape[1] - 1 : -1].float(), -1)
+    by_hand = float(lp.gather(-1, torch.tensor(reply)[:, None]).sum())
+    assert ll == pytest.approx(by_hand, rel=1e-4)
 
 
 def test_left_padding_uses_pad_not_eos(trained):

@@ -1,9 +1,10 @@
 """Native Gemma 3 / 3n / 4 VLMs: processor-based data plugin, recipes (2 CPU training steps each), LoRA targets,
-adapter reload, and batched generation through gemma3n_batch_inference.py, on tiny models of each family."""
+adapter reload, and batched generation through gemma3.inference, on tiny models of each family."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,9 +18,10 @@ from media_utils import write_json, write_video
 from tiny_native import NATIVE_FAMILIES, make_native
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import gemma3n_batch_inference as inf
+import gemma3.inference as inf
 from constants import IGNORE_INDEX
 from dataset import Media, Sample, load_annotations
+from gemma3 import families
 from gemma3.model import native
 from gemma3.train import train as T
 
@@ -159,14 +161,15 @@ def test_frame_budget_is_refused_with_the_length_needed(root):
 
 def test_family_and_components(root):
     cfg = AutoModelForImageTextToText.from_pretrained(root / "tiny-native-gemma3n").config
-    fam = native.native_family_for_config(cfg)
-    comp = native.native_component_fn(fam)
+    fam = families.family_for_config(cfg)
+    assert fam.name == "gemma3n" and fam.kind == "native"
+    comp = fam.component_fn()
     assert comp("model.vision_tower.timm_model.conv_stem.weight") == "image_encoder"
     assert comp("base_model.model.model.embed_vision.embedding_projection.weight") == "projector"
     assert comp("model.audio_tower.conformer.0.ffw_layer_start.ffw_layer_1.weight") == "audio"
     assert comp("model.language_model.layers.0.self_attn.q_proj.weight") == "language_model"
-    with pytest.raises(ValueError, match="not a native Gemma VLM"):
-        native.native_family_for_config(type("C", (), {"model_type": "llama"})())
+    with pytest.raises(ValueError, match="'llama' is not supported"):
+        families.family_for_config(type("C", (), {"model_type": "llama"})())
 
 
 # ---------------------------------------------------------------- recipes
@@ -246,7 +249,7 @@ def test_recipe1_vision_alignment_zero2_trains_vision_and_projector_only(root, t
     assert hp["components"]["language_model"] is False and hp["components"]["image_encoder"] is True
     before = _weights(AutoModelForImageTextToText.from_pretrained(root / "tiny-native-gemma3"))
     after = _weights(AutoModelForImageTextToText.from_pretrained(out))
-    fam = native.NATIVE_FAMILIES["gemma3"]
+    fam = families.get_family("gemma3")
     changed = {fam.component(k) for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"image_encoder", "projector"}
 
@@ -261,7 +264,7 @@ def test_recipe2_gemma4_lora_adapter_only_with_rotation_and_peft_reload(root, tm
     res = T.main(argv)
     model = res["model"]
     lora = [n for n, _ in model.named_modules() if n.endswith("lora_A")]
-    fam = native.NATIVE_FAMILIES["gemma4"]
+    fam = families.get_family("gemma4")
     assert lora and all(fam.component(n) == "language_model" for n in lora)
     leaves = {n.split(".")[-2] for n in lora}
     assert leaves == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
@@ -293,7 +296,7 @@ def test_recipe3_qlora_needs_cuda_and_adapts_clipped_vision_linears(root, tmp_pa
     model = res["model"]
     from transformers.models.gemma4.modeling_gemma4 import Gemma4ClippableLinear
 
-    fam = native.NATIVE_FAMILIES["gemma4"]
+    fam = families.get_family("gemma4")
     lora = [n.removesuffix(".lora_A") for n, _ in model.named_modules() if n.endswith("lora_A")]
     comps = {fam.component(n) for n in lora}
     assert comps == {"language_model", "image_encoder", "projector"}
@@ -302,7 +305,7 @@ def test_recipe3_qlora_needs_cuda_and_adapts_clipped_vision_linears(root, tmp_pa
     assert wrappers and all(hasattr(m, "input_min") for m in wrappers.values())
     assert all(f"{n}.linear" in lora for n in wrappers) and not set(wrappers) & set(lora)
     assert not any("lm_head" in n or "audio" in n for n in lora)
-    assert len(res["losses"]) == 2 and all(v == v for v in res["losses"])
+    assert len(res["losses"]) == 2 and all(math.isfinite(v) for v in res["losses"])
     hp = json.loads((tmp_path / "q" / "hyperparameters.json").read_text())
     assert hp["model"]["lora_r"] == 64 and hp["training"]["learning_rate"] == 5e-5
 
@@ -357,16 +360,51 @@ def test_batched_generation_matches_one_by_one(root, tmp_path, family):
 def test_inference_from_a_trained_adapter_and_loglikelihood(root, tmp_path):
     out = tmp_path / "adapter"
     T.main(_recipe_argv(root, "gemma4_e4b_lora", "gemma3", "videos.json", out, num_frames=2, save_strategy="no"))
-    predictor = inf.load_predictor(str(out), num_frames=2, generation=inf.GenerationConfig(max_new_tokens=3))
+    predictor = inf.load_predictor(str(out), generation=inf.GenerationConfig(max_new_tokens=3))
     assert hasattr(predictor.model, "peft_config")
+    # The frame count it was trained with travels with the output (the native default would be 8).
+    assert predictor.plugin.num_frames == 2 and predictor.processing.family == "gemma3"
     samples = load_annotations(root / "videos.json")
-    stats = inf.run_inference(predictor, samples[:2], tmp_path / "p.jsonl", batch_size=2, progress=False)
+    stats = inf.predict(predictor, samples[:2], tmp_path / "p.jsonl", batch_size=2, progress=False)
     assert stats["done"] == 2 and stats["errors"] == 0
     scores = predictor.rank_candidates(samples[0], CLASSES)
     assert len(scores) == 2 and all(s < 0 for s in scores)
     # The score of a reply is the sum of its tokens' log-probabilities under the model.
     [(ll, _)] = predictor.loglikelihood([samples[0]])
     assert ll == pytest.approx(scores[0], rel=1e-4)
+
+
+def test_processing_saved_with_the_model_is_read_back_and_overridable(root, tmp_path, caplog):
+    import shutil
+
+    from gemma3.processing import PROCESSING_FILE, ProcessingConfig
+
+    out = tmp_path / "full"
+    T.main(
+        _recipe_argv(
+            root, "gemma4_e4b_lora", "gemma3", "videos.json", out, use_lora=False, freeze_language_model=True,
+            projector_lr=1e-4, num_frames=3, frame_sampling="fps", fps=2.0, save_strategy="no", max_steps=1,
+        )
+    )  # fmt: skip
+    saved = ProcessingConfig.from_pretrained(out)
+    assert (saved.num_frames, saved.frame_sampling, saved.fps, saved.chat_template) == (3, "fps", 2.0, "gemma")
+    assert saved.image_size == 32 and saved.image_mean is not None
+    p = inf.load_predictor(out)
+    assert (p.plugin.num_frames, p.plugin.sampling, p.plugin.fps) == (3, "fps", 2.0)
+    with caplog.at_level("INFO", logger="gemma3.processing"):
+        p = inf.load_predictor(out, num_frames=2)
+    assert p.plugin.num_frames == 2 and "num_frames=2 overrides the model's 3" in caplog.text
+    # A folder saved before processing was recorded: the family default, with a warning.
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    (old / PROCESSING_FILE).unlink()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="gemma3.processing"):
+        p = inf.load_predictor(old)
+    assert p.plugin.num_frames == 8 and f"has no {PROCESSING_FILE}" in caplog.text
+    (old / PROCESSING_FILE).write_text('{"family": "gemma3", "num_frames": 0}')
+    with pytest.raises(ValueError, match=f"{PROCESSING_FILE}: num_frames must be >= 1"):
+        inf.load_predictor(old)
 
 
 def test_evaluate_script_runs_a_native_model_on_image_classification(root, tmp_path):

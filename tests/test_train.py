@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import torch
 from tiny_checkpoints import custom_train_args, make_dataset, make_encoder_configs, make_llm
 from transformers import set_seed
 
+from gemma3.families import CUSTOM
 from gemma3.model.builder import TRAINABLES_FILE, load_model
 from gemma3.model.modeling import component_of
 from gemma3.train import train as T
@@ -39,7 +41,7 @@ def _initial_params(argv) -> dict[str, torch.Tensor]:
     """The model as training starts (same seed, same build), name -> tensor."""
     model_args, data_args, train_args = parse_args(argv)
     set_seed(train_args.seed)
-    model = T.setup_custom(model_args, data_args, train_args)[0]
+    model = T.setup(CUSTOM, model_args, data_args, train_args)[0]
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
@@ -174,13 +176,13 @@ def test_language_lora_targets_stay_in_the_language_model():
     from gemma3.model.modeling import VideoGemmaForCausalLM
 
     model = VideoGemmaForCausalLM(tiny_video_gemma_config("gemma3n"))
-    names = T.language_lora_targets(model, "all-linear")
+    names = CUSTOM.lora_targets(model, "all-linear")
     assert names and all(n.startswith("language_model.") for n in names)
     assert not any(s in n for n in names for s in ("altup", "laurel", "per_layer", "lm_head"))
-    qv = T.language_lora_targets(model, "q_proj,v_proj")
+    qv = CUSTOM.lora_targets(model, "q_proj,v_proj")
     assert {n.rsplit(".", 1)[1] for n in qv} == {"q_proj", "v_proj"}
     with pytest.raises(ValueError, match="match no linear layer"):
-        T.language_lora_targets(model, "nope_proj")
+        CUSTOM.lora_targets(model, "nope_proj")
 
 
 def test_deepspeed_zero2_on_cpu(assets, tmp_path):
@@ -228,7 +230,7 @@ def test_dora_paged_adamw_8bit_and_merged_export(assets, tmp_path):
     res = T.main(argv)
     names = [n for n, _ in res["model"].named_parameters()]
     assert any("lora_magnitude_vector" in n for n in names)  # DoRA's magnitude vectors
-    assert all(map(lambda v: v == v, res["losses"]))  # finite (not NaN)
+    assert all(math.isfinite(v) for v in res["losses"])
     merged, _ = load_model(tmp_path / "dora" / "merged")
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     trained = res["model"].eval()  # the adapter model (dropout off): merged and unmerged give the same logits

@@ -70,7 +70,7 @@ def make_dataset(root: Path, n: int = 4, frames: int = 8, size: int = 32) -> Pat
 
 
 def custom_train_args(llm: Path, clip_cfg: Path, vm_cfg: Path, data: Path, out: Path, **extra) -> list[str]:
-    """CLI flags of gemma3/train/train.py for the tiny custom model (as scripts/finetune_qved.sh passes them)."""
+    """CLI flags of gemma3/train/train.py for the tiny custom model (as scripts/finetune_qevd.sh passes them)."""
     args = {
         "model_family": "custom",
         "model_id": str(llm),

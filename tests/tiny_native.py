@@ -2,7 +2,7 @@
 
 Each folder holds a random 2-layer model of the real class (`Gemma3ForConditionalGeneration`, ...) and a real
 processor of the family (image processor, audio feature extractor where the family has one, the real Gemma 3
-tokenizer with the family's multimodal special tokens added, and a chat template in the family's format), so
+tokenizer with the family's multimodal special tokens added, and the official published chat template of the family), so
 `AutoProcessor` / `AutoModelForImageTextToText` load them exactly as they load the released checkpoints.
 """
 
@@ -14,32 +14,9 @@ import torch
 from tiny_models import tiny_text_config
 from transformers import AutoTokenizer
 
-from conversation import GEMMA3_CHAT_TEMPLATE
+from conversation import official_chat_template
 
 NATIVE_FAMILIES = ("gemma3", "gemma3n", "gemma4")
-
-# Gemma 3n's template is Gemma 3's with the image item written as the soft token (the processor expands it).
-GEMMA3N_CHAT_TEMPLATE = GEMMA3_CHAT_TEMPLATE.replace("'<start_of_image>'", "'<image_soft_token>'")
-
-# Gemma 4's turn format: <|turn>role\n ... <turn|>\n; the system prompt is its own turn; images are <|image|>.
-GEMMA4_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- for message in messages -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<|turn>' + role + '\n' }}"
-    "{%- if message['content'] is string -%}"
-    "{{ message['content'] | trim }}"
-    "{%- else -%}"
-    "{%- for item in message['content'] -%}"
-    "{%- if item['type'] == 'image' -%}{{ '<|image|>' }}"
-    "{%- elif item['type'] == 'text' -%}{{ item['text'] | trim }}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- endif -%}"
-    "{{ '<turn|>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|turn>model\n' }}{%- endif -%}"
-)
 
 _SPECIAL = {
     "gemma3": {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
@@ -93,7 +70,7 @@ def _gemma3(tok):
         image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
     )
     image_proc = Gemma3ImageProcessor(size={"height": 32, "width": 32})
-    proc = Gemma3Processor(image_proc, tok, chat_template=GEMMA3_CHAT_TEMPLATE, image_seq_length=4)
+    proc = Gemma3Processor(image_proc, tok, chat_template=official_chat_template("gemma3"), image_seq_length=4)
     return cfg, proc
 
 
@@ -132,7 +109,11 @@ def _gemma3n(tok):
     )
     image_proc = SiglipImageProcessor(size={"height": 64, "width": 64}, image_mean=[0.0] * 3, image_std=[1.0] * 3)
     proc = Gemma3nProcessor(
-        Gemma3nAudioFeatureExtractor(), image_proc, tok, chat_template=GEMMA3N_CHAT_TEMPLATE, image_seq_length=256
+        Gemma3nAudioFeatureExtractor(),
+        image_proc,
+        tok,
+        chat_template=official_chat_template("gemma3n"),
+        image_seq_length=256,
     )
     return cfg, proc
 
@@ -178,7 +159,7 @@ def _gemma4(tok):
         Gemma4ImageProcessor(**pieces),
         tok,
         Gemma4VideoProcessor(**pieces),
-        chat_template=GEMMA4_CHAT_TEMPLATE,
+        chat_template=official_chat_template("gemma4"),
     )
     return cfg, proc
 

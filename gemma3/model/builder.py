@@ -145,7 +145,7 @@ def unsourced_components(model: torch.nn.Module) -> list[str]:
     """Encoders built without a checkpoint (random init): their weights must travel with every save."""
     config = getattr(model, "config", None)
     sources = getattr(config, "sources", None) or {}
-    if config is None or getattr(config, "model_type", None) != "video_gemma":
+    if not isinstance(config, VideoGemmaConfig):  # native models always load from their checkpoint
         return []
     out = []
     if config.use_image_encoder and not sources.get("image_encoder"):

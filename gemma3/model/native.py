@@ -6,8 +6,9 @@
   tensors. A video becomes N frames given as images before the text of the first user turn (images first); the
   processor expands each image into its soft tokens; labels come from the processor's token ids (only assistant
   replies and their end-of-turn are supervised, however many image tokens were inserted).
-- `native_component_fn` / `native_lora_targets`: which parameters belong to the language model, the vision tower,
-  the projector (and the unused audio tower), and the LoRA targets, for the shared trainer.
+
+Which parameters form each component, the LoRA targets and the chat template are the family record's
+(`gemma3.families.NativeFamily`).
 """
 
 from __future__ import annotations
@@ -15,15 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from constants import IGNORE_INDEX, MEDIA_TAGS
-from conversation import get_template
 
 logger = logging.getLogger(__name__)
 
@@ -32,62 +31,15 @@ SEQUENCE_KEYS = ("token_type_ids", "mm_token_type_ids")
 _TAG_RE = re.compile("(" + "|".join(re.escape(t) for t in MEDIA_TAGS) + r")\n?")
 
 
-@dataclass(frozen=True)
-class NativeFamily:
-    """What differs between the native model families: chat template (turn markers) and module names."""
-
-    name: str
-    template: str  # registered `conversation` template with the same turn markers
-    vision: tuple[str, ...]  # module names of the vision tower
-    projector: tuple[str, ...]  # vision -> text projection (and Gemma-3n / 4 multimodal embedders)
-    audio: tuple[str, ...] = ()  # audio tower and embedder: never trained here
-
-    def component(self, param_name: str) -> str:
-        """``language_model``, ``image_encoder``, ``projector`` or ``audio`` for a parameter name."""
-        parts = set(param_name.split("."))
-        if parts.intersection(self.vision):
-            return "image_encoder"
-        if parts.intersection(self.projector):
-            return "projector"
-        if parts.intersection(self.audio):
-            return "audio"
-        return "language_model"
-
-
-NATIVE_FAMILIES: dict[str, NativeFamily] = {
-    f.name: f
-    for f in (
-        NativeFamily("gemma3", "gemma", ("vision_tower",), ("multi_modal_projector",)),
-        NativeFamily("gemma3n", "gemma", ("vision_tower",), ("embed_vision",), ("audio_tower", "embed_audio")),
-        NativeFamily("gemma4", "gemma4", ("vision_tower",), ("embed_vision",), ("audio_tower", "embed_audio")),
-    )
-}
-
-
-def native_family_for_config(config) -> NativeFamily:
-    """The family of a multimodal Gemma config (by ``model_type``); a clear error for anything else."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in NATIVE_FAMILIES:
-        raise ValueError(
-            f"model_type {model_type!r} is not a native Gemma VLM; supported: {sorted(NATIVE_FAMILIES)} "
-            "(text-only or video_gemma checkpoints use --model_family custom)"
-        )
-    return NATIVE_FAMILIES[model_type]
-
-
-def native_component_fn(family: NativeFamily | str) -> Callable[[str], str]:
-    """Parameter name -> component, for per-component freezing and learning rates."""
-    fam = NATIVE_FAMILIES[family] if isinstance(family, str) else family
-    return fam.component
-
-
 # ---------------------------------------------------------------- loading
 
 
 def _load_base(model_id: str, dtype: torch.dtype, quantization_config=None):
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText
 
-    native_family_for_config(AutoConfig.from_pretrained(model_id))
+    from gemma3.families import family_for_checkpoint
+
+    family_for_checkpoint(model_id, kind="native")  # a clear error for anything but a native Gemma VLM
     return AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype, quantization_config=quantization_config)
 
 
@@ -123,25 +75,6 @@ def load_native_model(model_id: str | Path, dtype: torch.dtype = torch.float32, 
     return model, processor
 
 
-# ---------------------------------------------------------------- LoRA
-
-
-def native_lora_targets(model: torch.nn.Module, targets: str, include_vision: bool = False) -> list[str]:
-    """Names of a native model's linear layers to adapt (PEFT ``target_modules``).
-
-    The language model's layers named in ``targets`` (or ``all-linear``); with ``include_vision`` also the vision
-    tower's and projector's. Gemma 4's clipped vision linears are adapted inside their wrapper (see
-    `gemma3.model.lora.lora_target_names`). The audio tower is never adapted.
-    """
-    from gemma3.model.lora import lora_target_names
-
-    fam = native_family_for_config(model.config)
-    allowed = {"language_model", "image_encoder", "projector"} if include_vision else {"language_model"}
-    names = lora_target_names(model, targets, lambda name: fam.component(name) in allowed)
-    logger.info("LoRA on %d linear layers (%s, vision %s)", len(names), targets, "on" if include_vision else "off")
-    return names
-
-
 # ---------------------------------------------------------------- data
 
 
@@ -173,7 +106,7 @@ class NativeVLMPlugin:
 
     Args:
         processor: the model's processor (image processor + tokenizer + chat template).
-        family: a `NativeFamily` or its name.
+        family: the model's `gemma3.families.NativeFamily` record (or its name).
         num_frames: frames sampled from each video (each becomes one image).
         max_length: longest sequence in tokens; checked against the frame budget here and per sample.
         sampling / fps: frame sampling (``uniform`` or ``fps``), as in `mm_utils.read_video`.
@@ -182,20 +115,22 @@ class NativeVLMPlugin:
     def __init__(
         self,
         processor,
-        family: NativeFamily | str,
+        family,
         num_frames: int = 8,
         max_length: int | None = None,
         sampling: str = "uniform",
         fps: float = 1.0,
     ) -> None:
         self.processor = processor
-        self.family = NATIVE_FAMILIES[family] if isinstance(family, str) else family
+        from gemma3.families import get_family
+
+        self.family = get_family(family) if isinstance(family, str) else family
         self.num_frames = num_frames
         self.max_length = max_length
         self.sampling = sampling
         self.fps = fps
         tok = processor.tokenizer
-        template = get_template(self.family.template)
+        template = self.family.template()
         self.header_ids = tok(template.generation_prompt, add_special_tokens=False)["input_ids"]
         self.end_id = tok.convert_tokens_to_ids(template.turn_end)
         if self.end_id is None or self.end_id == tok.unk_token_id:

@@ -16,15 +16,17 @@ from transformers import HfArgumentParser
 from transformers import TrainingArguments as HFTrainingArguments
 
 from constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM, DEFAULT_MAX_BAD_FRACTION, DEFAULT_NUM_FRAMES
+from gemma3.families import KINDS
 
 STAGES = ("pretrain", "finetune")
-FAMILIES = ("custom", "native", "auto")
 
 
 @dataclass
 class ModelArguments:
     model_id: str = field(default=DEFAULT_LLM, metadata={"help": "LLM (custom) or VLM (native): HF id or folder"})
-    model_family: str = field(default="auto", metadata={"help": "custom | native | auto (from the checkpoint)"})
+    model_family: str = field(
+        default="auto", metadata={"help": "custom | native | auto (from the checkpoint; see gemma3.families)"}
+    )
     image_encoder: str | None = field(default=DEFAULT_IMAGE_ENCODER, metadata={"help": "CLIP id/folder; 'none'"})
     video_encoder: str | None = field(default=None, metadata={"help": "official VideoMamba .pth (custom)"})
     video_size: str = field(default="middle", metadata={"help": "VideoMamba size: tiny | small | middle"})
@@ -66,6 +68,7 @@ class DataArguments:
     num_frames: int = field(default=DEFAULT_NUM_FRAMES)
     max_length: int = field(default=2048)
     frame_sampling: str = field(default="uniform", metadata={"help": "uniform | fps"})
+    fps: float = field(default=1.0, metadata={"help": "frames per second for --frame_sampling fps"})
     max_bad_fraction: float = field(default=DEFAULT_MAX_BAD_FRACTION)
     template: str | None = field(default=None, metadata={"help": "chat template override (gemma, gemma4, plain)"})
 
@@ -114,15 +117,26 @@ def expand_config(argv: list[str]) -> list[str]:
     return argv
 
 
+def argument_parser() -> HfArgumentParser:
+    """The parser of the three argument dataclasses (also takes a dict: ``parse_dict``)."""
+    return HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
     """Parse ``--config FILE`` (YAML defaults) followed by command-line overrides."""
     argv = expand_config(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    model_args, data_args, train_args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, data_args, train_args = argument_parser().parse_args_into_dataclasses(args=argv)
+    return check_arguments(model_args, data_args, train_args)
+
+
+def check_arguments(
+    model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments
+) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
+    """Validate the arguments (clear errors) and normalise ``--image_encoder none``."""
     if train_args.stage not in STAGES:
         raise ValueError(f"--stage must be one of {STAGES}, got {train_args.stage!r}")
-    if model_args.model_family not in FAMILIES:
-        raise ValueError(f"--model_family must be one of {FAMILIES}, got {model_args.model_family!r}")
+    if model_args.model_family not in KINDS:
+        raise ValueError(f"--model_family must be one of {KINDS}, got {model_args.model_family!r}")
     if model_args.bits not in (4, 8, 16):
         raise ValueError(f"--bits must be 4, 8 or 16, got {model_args.bits}")
     if not data_args.data_path:

@@ -2,7 +2,11 @@
 
     python -m gemma3.train.train --stage finetune --model_family custom --model_id google/gemma-3n-E2B-it \
         --data_path data/train.json --video_folder data --use_lora True ...
-    deepspeed gemma3/train/train.py --deepspeed scripts/zero2.json ...     (multi-GPU / multi-node)
+    deepspeed --module gemma3.train.train --deepspeed scripts/zero2.json ...     (multi-GPU / multi-node)
+
+`train` is the step as a Python function (typed argument dataclasses); `main` parses a command line into them.
+The model family (`gemma3.families`) decides how the model is loaded, which data plugin and chat template it uses,
+how its parameters split into components, and which layers LoRA adapts.
 
 Stages: ``pretrain`` aligns the projectors (encoders and LLM frozen); ``finetune`` trains LoRA/DoRA adapters (or
 the full LLM) plus the projectors. Freeze flags and per-component learning rates (0 = frozen) refine both.
@@ -15,29 +19,30 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repo root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import torch
-import yaml
-from transformers import AutoConfig, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
+from gemma3.families import Family, family_for_checkpoint
 from gemma3.train.arguments import DataArguments, ModelArguments, TrainingArguments, expand_config, parse_args
 from gemma3.train.trainer import LossPlotCallback, VideoGemmaTrainer, is_peft_model
 
 logger = logging.getLogger("gemma3.train")
 
 
-def ensure_distributed_env(argv: list[str]) -> None:
+def deepspeed_flag(argv: list[str]) -> str | None:
+    """The value of the last ``--deepspeed`` flag of a command line (None when absent)."""
+    i = len(argv) - 1 - argv[::-1].index("--deepspeed") if "--deepspeed" in argv else -1
+    return argv[i + 1] if 0 <= i < len(argv) - 1 else None
+
+
+def ensure_distributed_env(deepspeed: str | None) -> None:
     """DeepSpeed needs a process group even for one process: fill RANK/WORLD_SIZE/... when no launcher did."""
-    i = len(argv) - 1 - argv[::-1].index("--deepspeed") if "--deepspeed" in argv else -1  # the last one wins
-    if i < 0 or i + 1 >= len(argv) or argv[i + 1] in ("", "None", "none") or "RANK" in os.environ:
+    if deepspeed in (None, "", "None", "none") or "RANK" in os.environ:
         return
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -45,20 +50,6 @@ def ensure_distributed_env(argv: list[str]) -> None:
     os.environ.update(
         {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     )
-
-
-def resolve_family(model_args: ModelArguments) -> str:
-    """``custom`` for text backbones and saved custom models; ``native`` for multimodal Gemma checkpoints."""
-    if model_args.model_family != "auto":
-        return model_args.model_family
-    model_type = AutoConfig.from_pretrained(model_args.model_id).model_type
-    if model_type == "video_gemma" or model_type.endswith("_text"):
-        return "custom"
-    return "native"
-
-
-def _load_mapping(path: str | None) -> dict | None:
-    return None if not path else yaml.safe_load(Path(path).read_text())
 
 
 def component_flags(model_args: ModelArguments, train_args: TrainingArguments) -> dict[str, bool]:
@@ -98,84 +89,39 @@ def quantization_config(bits: int):
     )
 
 
-def language_lora_targets(model: torch.nn.Module, targets: str, prefix: str = "language_model.") -> list[str]:
-    """Full module names of the custom model's LLM linear layers to adapt: a name list, or ``all-linear``
-    (which skips the output head and Gemma-3n's altup / laurel / per-layer-input modules)."""
-    from gemma3.model.lora import lora_target_names
-
-    try:
-        return lora_target_names(model, targets, lambda name: name.startswith(prefix))
-    except ValueError as err:
-        raise ValueError(f"LoRA targets {targets!r} match no linear layer of the language model") from err
-
-
-def setup_custom(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments):
-    """Custom model, tokenizer, data plugin, template and component function."""
-    from conversation import get_template, template_for_config
-    from dataset import CustomModelPlugin
-    from gemma3.model.builder import TRAINABLES_FILE, build_model, load_model, load_trainables
-    from gemma3.model.modeling import component_of
+def setup(family: Family, model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments):
+    """The model, its tokenizer / processor, the frame processing, the data plugin and the chat template."""
+    from conversation import get_template
+    from gemma3.model.builder import TRAINABLES_FILE, load_trainables
+    from gemma3.processing import resolve_processing
 
     dtype = torch.bfloat16 if train_args.bf16 else torch.float32
-    model_type = AutoConfig.from_pretrained(model_args.model_id).model_type
-    if model_type == "video_gemma":
-        model, tokenizer = load_model(model_args.model_id, dtype=dtype)
-        if is_peft_model(model):
-            model = model.merge_and_unload()  # a finished adapter becomes the new base
-    else:
-        model, tokenizer = build_model(
-            llm=model_args.model_id,
-            image_encoder=model_args.image_encoder,
-            video_encoder=model_args.video_encoder,
-            video_size=model_args.video_size,
-            num_frames=data_args.num_frames,
-            keyframe_chunk_size=model_args.keyframe_chunk_size,
-            keyframes_per_chunk=model_args.keyframes_per_chunk,
-            image_output_grid=model_args.image_output_grid,
-            video_output_grid=model_args.video_output_grid,
-            use_video_encoder=model_args.use_video_encoder,
-            dtype=dtype,
-            image_encoder_config=_load_mapping(model_args.image_encoder_config),
-            video_encoder_config=_load_mapping(model_args.video_encoder_config),
-            quantization_config=quantization_config(model_args.bits),
-        )
+    model, processor = family.load_for_training(model_args, data_args, dtype, quantization_config(model_args.bits))
+    if is_peft_model(model):
+        model = model.merge_and_unload()  # a finished adapter becomes the new base
     if model_args.pretrained_projector:
         loaded = load_trainables(model, Path(model_args.pretrained_projector) / TRAINABLES_FILE)
         logger.info("Started from %d pretrained projector tensors", len(loaded))
-    template = get_template(data_args.template) if data_args.template else template_for_config(model.config)
-    plugin = CustomModelPlugin(model.config, num_frames=data_args.num_frames, sampling=data_args.frame_sampling)
-    return model, tokenizer, plugin, template, component_of
-
-
-def setup_native(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments):
-    """Native Gemma VLM, its processor, the processor-based data plugin and component function."""
-    from gemma3.model import native
-
-    dtype = torch.bfloat16 if train_args.bf16 else torch.float32
-    model, processor = native.load_native_model(
-        model_args.model_id, dtype=dtype, quantization_config=quantization_config(model_args.bits)
-    )
-    if is_peft_model(model):
-        model = model.merge_and_unload()  # a finished adapter becomes the new base
-    family = native.native_family_for_config(model.config)
-    plugin = native.NativeVLMPlugin(
-        processor,
+    processing = resolve_processing(
+        None,
         family,
+        model,
+        processor,
         num_frames=data_args.num_frames,
-        max_length=data_args.max_length,
-        sampling=data_args.frame_sampling,
+        frame_sampling=data_args.frame_sampling,
+        fps=data_args.fps,
+        chat_template=data_args.template,
     )
-    return model, processor, plugin, None, native.native_component_fn(family)
+    plugin = family.plugin(model, processor, processing, max_length=data_args.max_length)
+    template = get_template(processing.chat_template) if processing.chat_template else family.template(model.config)
+    return model, processor, processing, plugin, template
 
 
 def apply_trainable(
-    model: torch.nn.Module,
-    flags: dict[str, bool],
-    component_fn: Callable[[str], str],
-    model_args: ModelArguments,
-    family: str,
+    model: torch.nn.Module, flags: dict[str, bool], family: Family, model_args: ModelArguments
 ) -> torch.nn.Module:
-    """Freeze/unfreeze by component, then wrap the LLM with LoRA/DoRA when asked."""
+    """Freeze/unfreeze by component, then wrap the LLM with LoRA/DoRA when asked (targets from the family)."""
+    component_fn = family.component_fn()
     for name, p in model.named_parameters():
         p.requires_grad_(flags[component_fn(name)])
     if model_args.use_lora and flags["language_model"]:
@@ -183,12 +129,7 @@ def apply_trainable(
 
         if model_args.bits in (4, 8):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        if family == "native":
-            from gemma3.model.native import native_lora_targets
-
-            names = native_lora_targets(model, model_args.lora_target_modules, model_args.lora_include_vision)
-        else:
-            names = language_lora_targets(model, model_args.lora_target_modules)
+        names = family.lora_targets(model, model_args.lora_target_modules, model_args.lora_include_vision)
         lora = LoraConfig(
             r=model_args.lora_r,
             lora_alpha=model_args.lora_alpha,
@@ -245,33 +186,34 @@ def resolve_resume(train_args: TrainingArguments) -> str | None:
     return resume
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """Train; returns a summary (output folder, steps, losses) and the trained model."""
-    argv = expand_config(sys.argv[1:] if argv is None else argv)
-    ensure_distributed_env(argv)
-    model_args, data_args, train_args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def train(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> dict:
+    """Train one stage; returns a summary (output folder, steps, losses, data stats) and the trained model."""
     set_seed(train_args.seed)
-    family = resolve_family(model_args)
-    setup = setup_custom if family == "custom" else setup_native
-    model, tokenizer, plugin, template, component_fn = setup(model_args, data_args, train_args)
+    family = family_for_checkpoint(model_args.model_id, model_args.model_family)
+    logger.info("Model family: %s (%s)", family.name, family.kind)
+    model, processor, processing, plugin, template = setup(family, model_args, data_args, train_args)
     flags = component_flags(model_args, train_args)
-    model = apply_trainable(model, flags, component_fn, model_args, family)
+    model = apply_trainable(model, flags, family, model_args)
     if train_args.gradient_checkpointing and not train_args.gradient_checkpointing_kwargs:
         train_args.gradient_checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs
     train_args.remove_unused_columns = False
-    train_ds, eval_ds = build_datasets(data_args, plugin, tokenizer, template)
+    train_ds, eval_ds = build_datasets(data_args, plugin, processor, template)
 
     out = Path(train_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     hparams = {
-        "family": family,
+        "family": family.name,
         "model": asdict(model_args),
         "data": asdict(data_args),
+        "processing": processing.to_dict(),
         "components": flags,
         "training": json.loads(train_args.to_json_string()),
     }
     (out / "hyperparameters.json").write_text(json.dumps(hparams, indent=2, default=str))
+
+    def save_processing(folder: str) -> None:
+        processor.save_pretrained(folder)
+        processing.save_pretrained(folder)
 
     lrs = {
         "language_model": train_args.learning_rate,
@@ -285,11 +227,10 @@ def main(argv: list[str] | None = None) -> dict:
         train_dataset=train_ds,
         eval_dataset=eval_ds,
         data_collator=lambda feats: plugin.collate(feats, padding_side="right"),
-        component_fn=component_fn,
+        component_fn=family.component_fn(),
         component_lrs=lrs,
-        save_full_model=(family == "native" and not model_args.use_lora)
-        or (flags["language_model"] and not model_args.use_lora),
-        extra_save=tokenizer.save_pretrained,
+        save_full_model=family.saves_full_model(flags["language_model"], model_args.use_lora),
+        extra_save=save_processing,
         callbacks=[LossPlotCallback()] if train_args.plot_loss else None,
     )
     result = trainer.train(resume_from_checkpoint=resolve_resume(train_args))
@@ -301,26 +242,27 @@ def main(argv: list[str] | None = None) -> dict:
     if model_args.merge_lora and is_peft_model(trainer.model) and trainer.is_world_process_zero():
         # Rebuilt from the saved output (which this also checks), so the trained model is left as it is.
         merged_dir = out / "merged"
-        if family == "native":
-            from gemma3.model.native import load_native_model
-
-            merged = load_native_model(out)[0].merge_and_unload()
-        else:
-            from gemma3.model.builder import load_model
-
-            merged, _ = load_model(out, merge_lora=True)
-        merged.save_pretrained(merged_dir)
-        tokenizer.save_pretrained(merged_dir)
+        family.load_merged(out).save_pretrained(merged_dir)
+        save_processing(str(merged_dir))
         logger.info("Merged model written to %s", merged_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {
         "output_dir": str(out),
+        "family": family.name,
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
         "losses": losses,
         "model": trainer.accelerator.unwrap_model(trainer.model),
         "data_stats": str(stats) if stats is not None else None,
     }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Parse a command line (``--config FILE`` YAML defaults, then flags) and train."""
+    argv = expand_config(sys.argv[1:] if argv is None else argv)
+    ensure_distributed_env(deepspeed_flag(argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return train(*parse_args(argv))
 
 
 if __name__ == "__main__":
