@@ -431,30 +431,31 @@ def test_evaluate_script_runs_a_native_model_on_image_classification(root, tmp_p
 
 
 def test_lmms_eval_plugin_on_a_native_model(root):
-    from types import SimpleNamespace
+    from lmms_eval.api.instance import Instance, unwrap_generation_output
 
     from eval.lmms_eval_plugin import VideoGemmaLMMS
 
     docs = {"t": {"test": [{"video": str(root / "videos" / f"v{i}.mp4")} for i in range(2)]}}
-    plugin = VideoGemmaLMMS(
-        pretrained=str(root / "tiny-native-gemma4"), batch_size=2, max_new_tokens=3, num_frames="2", task_dict=docs
-    )
+    plugin = VideoGemmaLMMS(pretrained=str(root / "tiny-native-gemma4"), batch_size="2", num_frames="2")
+    plugin.task_dict = docs
     assert plugin.predictor.plugin.num_frames == 2
     to_visual = lambda doc: [doc["video"]]  # noqa: E731
+    meta = {"task": "t", "doc_id": 0, "repeats": 1, "split": "test"}
     gen = [
-        SimpleNamespace(
-            args=("What is happening?", {"until": ["\n\n"], "max_new_tokens": 3}, to_visual, i, "t", "test")
-        )
+        Instance("generate_until", ("What is happening?", {"until": ["\n\n"], "max_new_tokens": 3}, to_visual, i,
+                 "t", "test"), i, {**meta, "doc_id": i})
         for i in range(2)
-    ]
+    ]  # fmt: skip
     texts = plugin.generate_until(gen)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
-    ll = plugin.loglikelihood(
-        [SimpleNamespace(args=("What is happening?", c, to_visual, 0, "t", "test")) for c in CLASSES]
-    )
+    reqs = [
+        Instance("loglikelihood", ("What is happening?", f" {c}", to_visual, 0, "t", "test"), k, meta)
+        for k, c in enumerate(CLASSES)
+    ]
+    nll = [unwrap_generation_output(r)[0][0] for r in plugin.loglikelihood(reqs)]
     sample = Sample(
         "x",
         [{"role": "user", "content": "<video>\nWhat is happening?"}],
         (Media("video", docs["t"]["test"][0]["video"]),),
     )
-    assert [v for v, _ in ll] == pytest.approx(plugin.predictor.rank_candidates(sample, CLASSES), rel=1e-5)
+    assert [-v for v in nll] == pytest.approx(plugin.predictor.rank_candidates(sample, CLASSES), rel=1e-5)
