@@ -20,7 +20,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -59,12 +59,6 @@ class Sample:
     messages: tuple[dict, ...] | list[dict]  # role in system/user/assistant; content text with media tags
     media: tuple[Media, ...] = ()
     source: str = ""  # "file:index", for error messages
-
-    @classmethod
-    def from_video(cls, path: str, prompt: str, media_root: str | Path | None = None) -> Sample:
-        """A single-turn prompt about one video (inference over a folder)."""
-        full = str(Path(media_root) / path) if media_root else path
-        return cls(id=Path(path).stem, messages=[{"role": "user", "content": prompt}], media=(Media("video", full),))
 
     @property
     def reference(self) -> str | None:
@@ -180,9 +174,14 @@ def read_records(path: str | Path) -> list[dict]:
                 except json.JSONDecodeError as err:
                     raise AnnotationError(f"{path}:{n}: invalid JSON ({err})") from err
         return records
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})") from err
     if isinstance(data, dict):
         data = [data]
+    if not isinstance(data, list):
+        raise AnnotationError(f"{path}: expected a JSON list of records (or JSONL), got {type(data).__name__}")
     return data
 
 
@@ -307,10 +306,25 @@ class CustomModelPlugin:
         return batch
 
 
-@dataclass
 class DataStats:
-    total: int
-    bad: set[int] = field(default_factory=set)
+    """Which samples turned out bad, shared by the main process and every DataLoader worker (a shared-memory flag
+    per sample), so the bad-sample limit and the final count see all of them."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.flags = torch.zeros(total, dtype=torch.uint8).share_memory_()  # [N], 1 = bad
+
+    @property
+    def bad(self) -> set[int]:
+        return set(self.flags.nonzero().flatten().tolist())
+
+    def mark(self, index: int) -> int:
+        """Flag a sample as bad; returns how many are bad now (across processes)."""
+        self.flags[index] = 1
+        return int(self.flags.sum())
+
+    def is_bad(self, index: int) -> bool:
+        return bool(self.flags[index])
 
     def __str__(self) -> str:
         return f"{len(self.bad)} of {self.total} samples skipped as bad"
@@ -343,7 +357,11 @@ class SupervisedDataset(Dataset):
         return len(self.samples)
 
     def _encode(self, i: int) -> dict[str, torch.Tensor]:
-        feats = self.plugin.encode(self.samples[i], self.tokenizer, self.template)
+        sample = self.samples[i]
+        for m in sample.messages:
+            if m["role"] == "assistant" and isinstance(m["content"], str) and not m["content"].strip():
+                raise AnnotationError(f"{sample.source} (id {sample.id}): field 'conversations': empty assistant reply")
+        feats = self.plugin.encode(sample, self.tokenizer, self.template)
         if self.max_length is not None and len(feats["input_ids"]) > self.max_length:
             raise ValueError(f"{len(feats['input_ids'])} tokens, over max_length={self.max_length}")
         return feats
@@ -351,17 +369,17 @@ class SupervisedDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         for k in range(len(self.samples)):
             j = (i + k) % len(self.samples)
-            if j in self.stats.bad:
+            if self.stats.is_bad(j):
                 continue
             try:
                 return self._encode(j)
             except (MediaError, AnnotationError, ValueError, OSError) as err:
                 s = self.samples[j]
-                self.stats.bad.add(j)
+                n_bad = self.stats.mark(j)
                 logger.warning("skipping bad sample %s (id %s): %s", s.source, s.id, err)
-                if len(self.stats.bad) > self.max_bad_fraction * len(self.samples):
+                if n_bad > self.max_bad_fraction * len(self.samples):
                     raise RuntimeError(
-                        f"{len(self.stats.bad)} of {len(self.samples)} samples are bad, over the allowed "
+                        f"{n_bad} of {len(self.samples)} samples are bad, over the allowed "
                         f"{self.max_bad_fraction:.1%}; run `python dataset.py validate` on the annotations"
                     ) from err
         raise RuntimeError("every sample is bad")
@@ -401,9 +419,14 @@ def validate_annotations(
     tokenizer=None,
     max_length: int | None = None,
     check_media: bool = True,
+    encode=None,
 ) -> ValidationReport:
     """Every problem of every sample: bad record, missing file, unreadable or zero-frame video, no assistant
-    turn, tag count not matching media, text over ``max_length`` tokens (when a tokenizer is given)."""
+    turn or an empty reply, tag count not matching media, and a sample over ``max_length`` tokens.
+
+    With ``encode`` (a model's data plugin: sample -> tensors, see `gemma3.families.Family.data_side`) the length
+    is the exact training length: chat template, expanded video placeholders or image soft tokens included.
+    Without it, only the raw text is counted with ``tokenizer`` (a lower bound)."""
     problems: list[Problem] = []
     try:
         records = read_records(path)
@@ -417,8 +440,11 @@ def validate_annotations(
         except AnnotationError as err:
             problems.append(Problem(i, str(rec.get("id", "")) if isinstance(rec, dict) else "", "record", "", str(err)))
             continue
-        if not any(m["role"] == "assistant" and m["content"].strip() for m in s.messages):
+        replies = [m["content"] for m in s.messages if m["role"] == "assistant"]
+        if not replies:
             problems.append(Problem(i, s.id, "conversations", "", "no assistant turn"))
+        elif any(isinstance(r, str) and not r.strip() for r in replies):
+            problems.append(Problem(i, s.id, "conversations", "", "empty assistant reply (training skips it)"))
         try:
             check_tags(s)
         except AnnotationError as err:
@@ -434,8 +460,17 @@ def validate_annotations(
                             read_image(p)
                 except MediaError as err:
                     problems.append(Problem(i, s.id, m.kind, str(paths[0]), str(err)))
-        if tokenizer is not None and max_length is not None:
-            text = "".join(m["content"] for m in s.messages)
+        if encode is not None and max_length is not None and not any(p.index == i for p in problems):
+            try:
+                n = len(encode(s)["input_ids"])
+            except (MediaError, AnnotationError, ValueError, OSError) as err:
+                problems.append(Problem(i, s.id, "encode", "", str(err)))
+            else:
+                if n > max_length:
+                    why = f"{n} tokens with template and media, over max_length={max_length}"
+                    problems.append(Problem(i, s.id, "length", "", why))
+        elif tokenizer is not None and max_length is not None:
+            text = "".join(m["content"] for m in s.messages if isinstance(m["content"], str))
             n = len(tokenizer(text, add_special_tokens=False).input_ids)
             if n > max_length:
                 problems.append(Problem(i, s.id, "text", "", f"text is {n} tokens, over max_length={max_length}"))
@@ -448,7 +483,10 @@ def main(argv: list[str] | None = None) -> int:
     v = sub.add_parser("validate", help="report every bad sample of an annotation file")
     v.add_argument("annotation")
     v.add_argument("--media-root", default=None)
-    v.add_argument("--tokenizer", default=None, help="tokenizer folder/id, to check --max-length")
+    v.add_argument("--tokenizer", default=None, help="tokenizer folder/id: --max-length on the raw text only")
+    v.add_argument(
+        "--model_path", default=None, help="model or training output: --max-length exactly as training counts"
+    )
     v.add_argument("--max-length", type=int, default=None)
     v.add_argument("--json", default=None, help="also write the report here")
     args = parser.parse_args(argv)
@@ -457,7 +495,20 @@ def main(argv: list[str] | None = None) -> int:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    report = validate_annotations(args.annotation, args.media_root, tok, args.max_length)
+    encode = None
+    if args.model_path:
+        from gemma3.families import family_for_checkpoint
+
+        processor, plugin, template = family_for_checkpoint(args.model_path).data_side(args.model_path)
+
+        def encode(sample):
+            return plugin.encode(sample, processor, template)
+
+    try:
+        report = validate_annotations(args.annotation, args.media_root, tok, args.max_length, encode=encode)
+    except FileNotFoundError as err:
+        print(f"error: {err}")
+        return 2
     for p in report.problems:
         print(f"[{p.index}] id={p.id} field={p.field} path={p.path}: {p.problem}")
     bad = len({p.index for p in report.problems})

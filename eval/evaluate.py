@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 from pathlib import Path
 
 from eval.benchmarks import get_benchmark
 from eval.benchmarks.base import read_predictions, references_from_annotations
+from gemma3.argtypes import positive_int
+
+logger = logging.getLogger("eval.evaluate")
+
+
+class CoverageError(ValueError):
+    """The predictions do not cover enough of the annotated samples to give a meaningful score."""
 
 
 def load_classes(path_or_list) -> list[str] | None:
@@ -37,10 +46,43 @@ def evaluate(
     embedder=None,
     use_embeddings: bool = False,
     plot: bool = True,
+    min_coverage: float = 0.99,
 ) -> dict:
-    """Score a predictions file (or list) and write ``metrics.json`` + a PNG into ``output_dir``."""
-    preds = read_predictions(predictions) if not isinstance(predictions, list) else predictions
+    """Score a predictions file (or list) and write ``metrics.json`` + a PNG into ``output_dir``.
+
+    The input is checked first and the findings go into the results (``input``): unreadable lines, ids written
+    twice (the last record counts), records that failed, and with ``annotations`` the coverage (share of annotated
+    samples that have a prediction). Below ``min_coverage`` (or with no prediction at all) it raises
+    `CoverageError` instead of scoring; ``min_coverage=0`` scores whatever is there.
+    """
+    check: dict = {}
+    preds = read_predictions(predictions, check) if not isinstance(predictions, list) else predictions
     refs = references_from_annotations(annotations) if annotations else None
+    check["num_predictions"] = len(preds)
+    check["failed_records"] = sum(1 for p in preds if p.get("error"))
+    if refs is not None:
+        covered = {str(p["id"]) for p in preds} & set(refs)
+        check["num_references"] = len(refs)
+        check["coverage"] = len(covered) / len(refs) if refs else 0.0
+        check["missing_ids"] = sorted(set(refs) - covered)[:20]
+        check["unknown_ids"] = sorted({str(p["id"]) for p in preds} - set(refs))[:20]
+    where = predictions if not isinstance(predictions, list) else "predictions"
+    for key, what in (("unreadable_lines", "unreadable lines"), ("duplicate_ids", "ids written more than once")):
+        if check.get(key):
+            logger.warning("%s: %d %s (e.g. %s)", where, len(check[key]), what, check[key][:5])
+    if check["failed_records"]:
+        n = check["failed_records"]
+        logger.warning("%s: %d records failed (scored as wrong; rerun inference to retry)", where, n)
+    if not preds:
+        raise CoverageError(f"{where}: no predictions to score")
+    if refs is not None and check["coverage"] < min_coverage:
+        raise CoverageError(
+            f"{where}: predictions cover {check['coverage']:.1%} of the {len(refs)} annotated samples, below "
+            f"--min_coverage {min_coverage:.0%} (missing e.g. {check['missing_ids'][:5]}); finish the inference, "
+            "or pass --min_coverage 0 to score what is there"
+        )
+    if refs is not None:
+        preds = [p for p in preds if str(p["id"]) in refs]
     kwargs = {}
     if benchmark in ("action_recognition", "image_classification"):
         kwargs["classes"] = load_classes(classes)
@@ -52,6 +94,7 @@ def evaluate(
     kwargs["embedder"] = embedder
     bench = get_benchmark(benchmark, **kwargs)
     results = bench.score(preds, refs)
+    results["input"] = check
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -115,10 +158,31 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--output_dir", default="outputs/eval")
     ap.add_argument("--model_path", default=None, help="run inference first with this model")
     ap.add_argument("--media_root", default=None)
-    ap.add_argument("--batch_size", type=int, default=8)
-    ap.add_argument("--num_frames", type=int, default=None, help="override the model's saved frames per video")
+    ap.add_argument("--batch_size", type=positive_int, default=8)
+    ap.add_argument("--num_frames", type=positive_int, default=None, help="override the model's saved frames")
+    ap.add_argument(
+        "--min_coverage",
+        type=float,
+        default=0.99,
+        help="refuse to score when predictions cover less than this share of --annotations (0: score anything)",
+    )
     args = ap.parse_args(argv)
-    common = dict(classes=args.classes, synonyms=args.synonyms, use_embeddings=args.embeddings)
+    if not 0 <= args.min_coverage <= 1:
+        ap.error(f"--min_coverage must be in [0, 1], got {args.min_coverage}")
+    common = dict(
+        classes=args.classes, synonyms=args.synonyms, use_embeddings=args.embeddings, min_coverage=args.min_coverage
+    )
+    try:
+        results = _run(ap, args, common)
+    except (CoverageError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    print(format_table(results))
+    print(f"metrics: {Path(args.output_dir) / 'metrics.json'}")
+    return results
+
+
+def _run(ap: argparse.ArgumentParser, args: argparse.Namespace, common: dict) -> dict:
     if args.model_path:
         if not args.annotations:
             ap.error("--model_path needs --annotations")
@@ -136,8 +200,6 @@ def main(argv: list[str] | None = None) -> dict:
         results = evaluate(args.benchmark, args.predictions, args.annotations, output_dir=args.output_dir, **common)
     else:
         ap.error("give --predictions, or --model_path with --annotations")
-    print(format_table(results))
-    print(f"metrics: {Path(args.output_dir) / 'metrics.json'}")
     return results
 
 

@@ -68,6 +68,22 @@ class Family:
         raise NotImplementedError
 
     # ---- data
+    def data_side(self, path: str | Path, **overrides):
+        """(tokenizer or processor, data plugin, chat template) of a saved model, without loading its weights:
+        what `dataset.py validate --model_path` needs to count tokens exactly as training does."""
+        from types import SimpleNamespace
+
+        from gemma3.processing import resolve_processing
+
+        config, processor = self.load_config_and_processor(path)
+        stub = SimpleNamespace(config=config)
+        processing = resolve_processing(path, self, stub, processor, **overrides)
+        return processor, self.plugin(stub, processor, processing), self.template(config)
+
+    def load_config_and_processor(self, path: str | Path):
+        """The model's config and its tokenizer / processor (no weights)."""
+        raise NotImplementedError
+
     def plugin(self, model, processor, processing, max_length: int | None = None):
         """The data plugin (`dataset.MediaPlugin`) that turns samples into this family's tensors."""
         raise NotImplementedError
@@ -108,6 +124,15 @@ class CustomFamily(Family):
         from gemma3.model.builder import load_model
 
         return load_model(path, dtype=dtype)
+
+    def load_config_and_processor(self, path):
+        from transformers import AutoTokenizer
+
+        from gemma3.model.configuration import VideoGemmaConfig
+
+        config = VideoGemmaConfig.from_pretrained(path)
+        tok_src = path if (Path(path) / "tokenizer_config.json").exists() else config.sources["llm"]
+        return config, AutoTokenizer.from_pretrained(tok_src)
 
     def load_for_training(self, model_args, data_args, dtype, quantization_config=None):
         from transformers import AutoConfig
@@ -213,6 +238,16 @@ class NativeFamily(Family):
 
     def load_for_training(self, model_args, data_args, dtype, quantization_config=None):
         return self.load(model_args.model_id, dtype, quantization_config)
+
+    def load_config_and_processor(self, path):
+        import json
+
+        from transformers import AutoConfig, AutoProcessor
+
+        adapter = Path(path) / "adapter_config.json"
+        base = json.loads(adapter.read_text()).get("base_model_name_or_path") if adapter.exists() else path
+        src = path if (Path(path) / "processor_config.json").exists() else base
+        return AutoConfig.from_pretrained(base), AutoProcessor.from_pretrained(src)
 
     def plugin(self, model, processor, processing, max_length=None):
         from gemma3.model.native import NativeVLMPlugin
@@ -321,12 +356,20 @@ def family_for_checkpoint(model_id: str | Path, kind: str = "auto") -> Family:
 
     import gemma3.model  # noqa: F401  (registers video_gemma with AutoConfig)
 
-    path = Path(str(model_id))
+    path = Path(str(model_id)).expanduser()
     looks_local = path.is_absolute() or str(model_id).startswith((".", "~")) or path.exists()
     if looks_local and not (path / "config.json").exists():
         what = "does not exist" if not path.exists() else "has no config.json (not a model folder)"
         raise FileNotFoundError(f"model path {model_id}: {what}")
-    return family_for_config(AutoConfig.from_pretrained(str(model_id)), kind)
+    try:
+        config = AutoConfig.from_pretrained(str(path) if path.exists() else str(model_id))
+    except (OSError, ValueError) as err:
+        if path.exists():
+            raise
+        raise FileNotFoundError(
+            f"model path {model_id}: no such local folder, and not a model id the hub (or its cache) has ({err})"
+        ) from err
+    return family_for_config(config, kind)
 
 
 def _load_mapping(path: str | None) -> dict | None:

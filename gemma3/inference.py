@@ -16,6 +16,7 @@ media cannot be read is written with an ``error`` field and an empty prediction 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,6 +29,7 @@ import torch
 
 import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
 from constants import DEFAULT_PROMPT, IGNORE_INDEX, VIDEO_EXTENSIONS, VIDEO_TAG
+from gemma3.argtypes import positive_float, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -150,17 +152,62 @@ class Predictor:
 
 
 def read_done_ids(path: Path) -> set[str]:
-    """Ids already written to a predictions file (a torn last line from a kill is ignored)."""
+    """Ids already written to a predictions file with a result (a torn last line from a kill is ignored; records
+    with an ``error`` field do not count: they are retried)."""
     done: set[str] = set()
     if not path.exists():
         return done
     with path.open() as f:
         for line in f:
             try:
-                done.add(str(json.loads(line)["id"]))
-            except (json.JSONDecodeError, KeyError):
+                rec = json.loads(line)
+                if "error" not in rec:
+                    done.add(str(rec["id"]))
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue
     return done
+
+
+def _drop_failed(path: Path, retry: set[str]) -> int:
+    """Rewrite ``path`` without the error records of ``retry`` ids (atomically), so a retried id is written once."""
+    if not path.exists() or not retry:
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn line: never a complete record
+        if isinstance(rec, dict) and "error" in rec and str(rec.get("id")) in retry:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+    return dropped
+
+
+@contextlib.contextmanager
+def output_lock(path: Path):
+    """An exclusive lock on a predictions file: a second process writing the same file stops with a clear error
+    instead of interleaving records."""
+    import fcntl
+
+    lock = path.with_name(path.name + ".lock")
+    f = lock.open("w")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            raise RuntimeError(
+                f"{path}: another inference process is writing this file (lock {lock}); wait for it or use another "
+                "--output"
+            ) from err
+        yield
+    finally:
+        f.close()
 
 
 def _append(path: Path, records: list[dict]) -> None:
@@ -183,16 +230,31 @@ def predict(
 
     Returns counts and throughput: ``done``, ``skipped_existing``, ``errors``, ``new_tokens``, ``tokens_per_s``.
     """
-    from tqdm import tqdm
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ids = [str(s.id) for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"{len(dup)} sample ids appear more than once (e.g. {dup[:3]}); ids must be unique")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(output):
+        return _predict_locked(predictor, samples, output, batch_size, progress)
+
+
+def _predict_locked(predictor: Predictor, samples: list, output: Path, batch_size: int, progress: bool) -> dict:
+    from tqdm import tqdm
+
     # Repair a torn last line so appends start on a fresh line.
     if output.exists() and output.stat().st_size and not output.read_bytes().endswith(b"\n"):
         with output.open("a") as f:
             f.write("\n")
     done = read_done_ids(output)
     todo = [s for s in samples if str(s.id) not in done]
+    retried = _drop_failed(output, {str(s.id) for s in todo})
+    if retried:
+        logger.info("Retrying %d samples whose earlier attempt failed", retried)
     stats = {
         "total": len(samples),
         "skipped_existing": len(samples) - len(todo),
@@ -200,6 +262,7 @@ def predict(
         "errors": 0,
         "new_tokens": 0,
         "seconds": 0.0,
+        "retried": retried,
     }
     if stats["skipped_existing"]:
         logger.info("Resuming: %d of %d samples already in %s", stats["skipped_existing"], len(samples), output)
@@ -211,10 +274,12 @@ def predict(
             try:
                 feats.append(predictor.encode(prompt))
                 kept.append((sample, reference))
-            except Exception as err:  # unreadable media etc.: recorded, counted, never fatal
+            except Exception as err:  # unreadable media etc.: recorded, counted, retried on the next run
                 logger.warning("sample %s: %s", sample.id, err)
                 stats["errors"] += 1
-                records.append({"id": sample.id, "prediction": "", "reference": reference, "error": str(err)})
+                records.append(
+                    {"id": sample.id, "prediction": "", "reference": reference, "error": str(err), **_where(sample)}
+                )
         if feats:
             t0 = time.perf_counter()
             texts, counts = predictor.generate(feats)
@@ -229,6 +294,7 @@ def predict(
                         "reference": reference,
                         "new_tokens": n,
                         "batch_seconds": round(dt, 4),
+                        **_where(sample),
                     }
                 )
         _append(output, records)
@@ -240,15 +306,25 @@ def predict(
     return stats
 
 
+def _where(sample) -> dict:
+    """The media a record was made from (``media``: paths), so records can be traced back to files."""
+    paths = [m.path if isinstance(m.path, str) else list(m.path) for m in getattr(sample, "media", ())]
+    return {"media": paths} if paths else {}
+
+
 def samples_from_video_dir(video_dir: str | Path, prompt: str) -> list:
-    """One prompt sample per video file in a folder (ids are file stems)."""
-    from dataset import Sample
+    """One prompt sample per video file in a folder and its subfolders; the id is the path relative to the folder
+    (``sub/clip.mp4``), so clips with one name in different subfolders stay apart."""
+    from dataset import Media, Sample
 
     root = Path(video_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--video_dir {root}: no such folder")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS)
     if not files:
         raise FileNotFoundError(f"{root}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
-    return [Sample.from_video(str(p.relative_to(root)), f"{VIDEO_TAG}\n{prompt}", media_root=root) for p in files]
+    msg = [{"role": "user", "content": f"{VIDEO_TAG}\n{prompt}"}]
+    return [Sample(p.relative_to(root).as_posix(), msg, (Media("video", str(p)),)) for p in files]
 
 
 def load_predictor(
@@ -290,24 +366,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--media_root", default=None, help="media root for annotation paths")
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--output", required=True, help="predictions JSONL (appended; existing ids are skipped)")
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--num_frames", type=int, default=None, help="override the model's saved frame count")
+    p.add_argument("--batch_size", type=positive_int, default=8)
+    p.add_argument("--num_frames", type=positive_int, default=None, help="override the model's saved frame count")
     p.add_argument("--frame_sampling", default=None, choices=["uniform", "fps"], help="override the saved sampling")
-    p.add_argument("--fps", type=float, default=None, help="frames per second for --frame_sampling fps")
-    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--fps", type=positive_float, default=None, help="frames per second for --frame_sampling fps")
+    p.add_argument("--max_new_tokens", type=positive_int, default=64)
     p.add_argument("--do_sample", action="store_true")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=positive_float, default=1.0)
     p.add_argument("--top_p", type=float, default=1.0)
     p.add_argument("--top_k", type=int, default=0)
-    p.add_argument("--num_beams", type=int, default=1)
+    p.add_argument("--num_beams", type=positive_int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N samples")
+    p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
     return p
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for flag in ("annotations", "media_root"):
+        value = getattr(args, flag)
+        if value and not Path(value).exists():
+            parser.error(f"--{flag} {value}: no such file or folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     gen = GenerationConfig(

@@ -189,14 +189,22 @@ def log_to(path: Path) -> Iterator[None]:
 
 
 def prepare_data(data_dir: Path, clips_per_class: int, num_frames: int, seed: int) -> Path:
-    """Generate the synthetic action dataset unless ``data_dir`` already holds annotations; returns the folder."""
-    if not (data_dir / "annotations" / "train.json").exists():
-        from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset
+    """The dataset in ``data_dir``: a prepared real dataset or a complete synthetic one (checksums verified) is
+    kept as it is; otherwise (none, or a generation that was interrupted or damaged) the synthetic action dataset
+    is generated. Returns the folder."""
+    from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset, verify_dataset
 
-        logger.info("[1/5] generating the synthetic action dataset in %s", data_dir)
-        make_synthetic_dataset(
-            data_dir, SyntheticConfig(clips_per_class=clips_per_class, num_frames=num_frames, seed=seed)
-        )
+    info = data_dir / "dataset_info.json"
+    if info.exists() and json.loads(info.read_text()).get("generator") != "gemma3.data.synthetic":
+        return data_dir  # prepared from real clips (scripts/initialize_dataset.sh)
+    if info.exists() and not verify_dataset(data_dir):
+        logger.info("[1/5] keeping the synthetic dataset in %s (complete, checksums verified)", data_dir)
+        return data_dir
+    hand_made = not info.exists() and not (data_dir / "checksums.sha256").exists()
+    if hand_made and (data_dir / "annotations" / "train.json").exists():
+        return data_dir  # annotations written by hand
+    logger.info("[1/5] generating the synthetic action dataset in %s", data_dir)
+    make_synthetic_dataset(data_dir, SyntheticConfig(clips_per_class=clips_per_class, num_frames=num_frames, seed=seed))
     return data_dir
 
 
@@ -357,7 +365,13 @@ def evaluate_split(predictions: Path, data_dir: Path, output_dir: Path) -> dict:
     from eval.evaluate import evaluate
 
     logger.info("[5/5] evaluation")
-    return evaluate("action_recognition", predictions, output_dir=output_dir, classes=class_names(data_dir))
+    return evaluate(
+        "action_recognition",
+        predictions,
+        annotations=data_dir / "annotations" / "test.json",
+        output_dir=output_dir,
+        classes=class_names(data_dir),
+    )
 
 
 def report(summary: dict, out: Path) -> str:

@@ -30,21 +30,36 @@ class EvalSample:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def read_predictions(path: str | Path) -> list[dict]:
-    """Predictions JSONL (``id``, ``prediction``, optional ``reference`` and extras); a torn last line is skipped."""
-    out = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+def read_predictions(path: str | Path, report: dict | None = None) -> list[dict]:
+    """Predictions JSONL (``id``, ``prediction``, optional ``reference`` and extras), one record per id.
+
+    Unreadable lines are skipped and listed in ``report["unreadable_lines"]`` (a torn last line is what an
+    interrupted write leaves); an id written more than once keeps its last record and is listed in
+    ``report["duplicate_ids"]``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file not found: {path}")
+    by_id: dict[str, dict] = {}
+    unreadable, counts = [], {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
+            unreadable.append(n)
             continue
-        if "id" not in rec:
+        if not isinstance(rec, dict) or "id" not in rec:
             raise ValueError(f"{path}:{n}: prediction record has no 'id'")
         rec.setdefault("prediction", "")
-        out.append(rec)
-    return out
+        rid = str(rec["id"])
+        counts[rid] = counts.get(rid, 0) + 1
+        by_id.pop(rid, None)
+        by_id[rid] = rec
+    if report is not None:
+        report["unreadable_lines"] = unreadable
+        report["duplicate_ids"] = sorted(i for i, c in counts.items() if c > 1)
+    return list(by_id.values())
 
 
 def references_from_annotations(path: str | Path) -> dict[str, dict]:

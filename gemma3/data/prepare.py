@@ -8,8 +8,8 @@ the form is kept; a list gives the exercise (``exercise`` field if present, else
 feedback joined with "; ".
 
 Grouping: a clip and its variants share a source id, the file stem without a trailing ``_aug<N>``, ``_var<N>``,
-``_v<N>``, ``_flip`` or ``_copy<N>``; whole groups go to one split. Missing or unreadable videos are reported in
-``validation_report.json`` and left out, never fatal.
+``_v<N>``, ``_flip`` or ``_copy<N>``; whole groups go to one split. Missing or unreadable videos and duplicate
+label rows are reported in ``validation_report.json`` and left out (a run where nothing is usable is an error).
 """
 
 from __future__ import annotations
@@ -77,16 +77,40 @@ def prepare(
     split: tuple[float, float, float] = (0.6, 0.2, 0.2),
 ) -> dict:
     """Write annotations/{train,val,test}.json, classes.txt, checksums, dataset_info and validation_report."""
+    from mm_utils import MediaError, read_video
+
     videos, out = Path(videos).resolve(), Path(out)
+    if not videos.is_dir():
+        raise FileNotFoundError(f"--videos {videos}: no such folder")
+    if not Path(labels).is_file():
+        raise FileNotFoundError(f"--labels {labels}: no such file")
+    try:
+        rows = read_labels(labels)
+    except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
+        raise ValueError(f"{labels}: unreadable labels file ({err})") from err
     out.mkdir(parents=True, exist_ok=True)
-    problems, groups = [], {}
-    for i, rec in enumerate(read_labels(labels)):
+    problems, groups, seen = [], {}, {}
+    for i, rec in enumerate(rows):
+        if not isinstance(rec, dict):
+            problems.append({"index": i, "field": "record", "problem": "not an object"})
+            continue
         rel = str(rec.get("video_path", "")).strip()
         if not rel:
             problems.append({"index": i, "field": "video_path", "problem": "missing video_path"})
             continue
+        if rel in seen:
+            problems.append(
+                {"index": i, "field": "video_path", "path": rel, "problem": f"duplicate of label row {seen[rel]}"}
+            )
+            continue
+        seen[rel] = i
         if not (videos / rel).is_file():
             problems.append({"index": i, "field": "video_path", "path": rel, "problem": "file not found"})
+            continue
+        try:
+            read_video(videos / rel, 1)
+        except MediaError as err:
+            problems.append({"index": i, "field": "video_path", "path": rel, "problem": f"unreadable: {err}"})
             continue
         try:
             answer = build_answer(rec)
@@ -105,6 +129,11 @@ def prepare(
                 "group": source_id(rel),
                 "conversations": [{"from": "human", "value": f"<video>\n{QUESTION}"}, {"from": "gpt", "value": answer}],
             }
+        )
+    if not groups:
+        raise ValueError(
+            f"{labels}: no usable clip among {len(rows)} label rows ({len(problems)} problems, e.g. "
+            f"{problems[0] if problems else 'empty file'})"
         )
     assignment = split_groups(list(groups), split, seed)
     records = {"train": [], "val": [], "test": []}
@@ -140,7 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(json.dumps(prepare(args.videos, args.labels, args.out, args.seed)["counts"]))
+    try:
+        info = prepare(args.videos, args.labels, args.out, args.seed)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+    print(json.dumps(info["counts"]))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -158,9 +159,36 @@ def write_dataset(out: Path, records: dict[str, list[dict]], classes: list[str],
     videos = sorted({r["video"] for recs in records.values() for r in recs})
     lines = [f"{sha256(out / v)}  {v}" for v in videos]
     (out / "checksums.sha256").write_text("\n".join(lines) + "\n")
-    info = {**info, "counts": {s: len(r) for s, r in records.items()}}
-    (out / "dataset_info.json").write_text(json.dumps(info, indent=1))
+    info = {**info, "counts": {s: len(r) for s, r in records.items()}, "complete": True}
+    # Written last and atomically: its presence marks a finished dataset.
+    tmp = out / "dataset_info.json.tmp"
+    tmp.write_text(json.dumps(info, indent=1))
+    os.replace(tmp, out / "dataset_info.json")
     return info
+
+
+def verify_dataset(out: str | Path) -> list[str]:
+    """Problems of a written dataset: no completion marker, or a clip missing or differing from its checksum."""
+    out = Path(out)
+    info_path, sums = out / "dataset_info.json", out / "checksums.sha256"
+    if not info_path.is_file():
+        return [f"{info_path}: missing (generation did not finish)"]
+    try:
+        if not json.loads(info_path.read_text()).get("complete"):
+            return [f"{info_path}: not marked complete"]
+    except json.JSONDecodeError as err:
+        return [f"{info_path}: unreadable ({err})"]
+    if not sums.is_file():
+        return [f"{sums}: missing"]
+    problems = []
+    for line in sums.read_text().splitlines():
+        digest, _, rel = line.partition("  ")
+        path = out / rel
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif sha256(path) != digest:
+            problems.append(f"{path}: checksum mismatch")
+    return problems
 
 
 def make_synthetic_dataset(out: str | Path, cfg: SyntheticConfig | None = None) -> dict:
@@ -168,12 +196,24 @@ def make_synthetic_dataset(out: str | Path, cfg: SyntheticConfig | None = None) 
     cfg = cfg or SyntheticConfig()
     out = Path(out)
     params = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}
+    if cfg.clips_per_class < 1 or not cfg.classes or cfg.num_frames < 2 or cfg.size < 16:
+        raise ValueError(
+            f"synthetic dataset: clips_per_class must be >= 1 (got {cfg.clips_per_class}), num_frames >= 2 (got "
+            f"{cfg.num_frames}), size >= 16 (got {cfg.size}), with at least one class"
+        )
     info_path = out / "dataset_info.json"
     if info_path.exists():
-        old = json.loads(info_path.read_text())
+        try:
+            old = json.loads(info_path.read_text())
+        except json.JSONDecodeError:
+            old = {}
         if old.get("params") == params:
-            logger.info("%s already holds this synthetic dataset; keeping it", out)
-            return old
+            problems = verify_dataset(out)
+            if not problems:
+                logger.info("%s already holds this synthetic dataset (checksums verified); keeping it", out)
+                return old
+            logger.warning("%s: %d problems (%s); generating it again", out, len(problems), problems[0])
+        info_path.unlink()  # an interrupted generation must never leave a valid-looking marker behind
     rng = np.random.default_rng(cfg.seed)
     groups: dict[str, list[dict]] = {}
     for ci, action in enumerate(cfg.classes):
@@ -219,7 +259,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--with-feedback", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    info = make_synthetic_dataset(
+    try:
+        info = _make_from_args(args)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    print(json.dumps(info["counts"]))
+
+
+def _make_from_args(args: argparse.Namespace) -> dict:
+    return make_synthetic_dataset(
         args.out,
         SyntheticConfig(
             clips_per_class=args.clips_per_class,
@@ -230,7 +278,6 @@ def main(argv: list[str] | None = None) -> None:
             with_feedback=args.with_feedback,
         ),
     )
-    print(json.dumps(info["counts"]))
 
 
 if __name__ == "__main__":

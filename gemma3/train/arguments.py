@@ -141,6 +141,19 @@ def check_arguments(
         raise ValueError(f"--bits must be 4, 8 or 16, got {model_args.bits}")
     if not data_args.data_path:
         raise ValueError("--data_path is required")
+    for flag, value in (
+        ("--num_frames", data_args.num_frames),
+        ("--max_length", data_args.max_length),
+        ("--per_device_train_batch_size", train_args.per_device_train_batch_size),
+        ("--gradient_accumulation_steps", train_args.gradient_accumulation_steps),
+        ("--lora_r", model_args.lora_r),
+    ):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not 0 <= data_args.max_bad_fraction <= 1:
+        raise ValueError(f"--max_bad_fraction must be in [0, 1], got {data_args.max_bad_fraction}")
+    if data_args.fps <= 0:
+        raise ValueError(f"--fps must be > 0, got {data_args.fps}")
     if model_args.image_encoder and model_args.image_encoder.lower() == "none":
         model_args.image_encoder = None
     return model_args, data_args, train_args

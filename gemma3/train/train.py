@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import sys
 from dataclasses import asdict
@@ -186,6 +187,31 @@ def resolve_resume(train_args: TrainingArguments) -> str | None:
     return resume
 
 
+FINAL_STAGING = ".final-staging"
+
+
+def save_final(trainer: VideoGemmaTrainer, out: Path) -> None:
+    """Write the final model into a staging folder, then move its files into ``out``: a failed write (a full disk)
+    leaves the folder as it was, never half a model. Renames on one filesystem need no space, so they do not fail
+    the same way."""
+    staging = out / FINAL_STAGING
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    try:
+        trainer.save_model(str(staging))
+    except OSError as err:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise OSError(f"saving the final model into {out} failed ({err}); {out} was left as it was") from err
+    if trainer.is_world_process_zero():
+        for item in staging.iterdir():
+            target = out / item.name
+            if target.is_dir() and not item.is_dir():
+                shutil.rmtree(target)
+            os.replace(item, target)
+        staging.rmdir()
+
+
 def train(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> dict:
     """Train one stage; returns a summary (output folder, steps, losses, data stats) and the trained model."""
     set_seed(train_args.seed)
@@ -234,7 +260,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         callbacks=[LossPlotCallback()] if train_args.plot_loss else None,
     )
     result = trainer.train(resume_from_checkpoint=resolve_resume(train_args))
-    trainer.save_model(train_args.output_dir)
+    save_final(trainer, out)
     trainer.save_state()
     stats = getattr(train_ds, "stats", None)
     if stats is not None:
