@@ -130,7 +130,7 @@ def build_model(
     model.image_encoder = clip
     if use_video_encoder:
         if video_encoder is not None:
-            from gemma3.model.videomamba import load_videomamba_checkpoint
+            from gemma3.model.videomamba_checkpoints import load_videomamba_checkpoint
 
             load_videomamba_checkpoint(model.video_encoder, video_encoder)
         else:

@@ -2,8 +2,8 @@
 
 Parameter names match the official video model (``videomamba/video_sm/models/videomamba.py``): ``patch_embed.proj``
 (Conv3d), ``cls_token``, ``pos_embed``, ``temporal_pos_embedding``, ``layers.N.mixer.*`` (bidirectional Mamba: the
-forward-scan parameters and their ``*_b`` backward twins), ``layers.N.norm``, ``norm_f``. So official checkpoints
-load strictly; only the classification ``head`` is dropped.
+forward-scan parameters and their ``*_b`` backward twins), ``layers.N.norm``, ``norm_f``. Every public release
+(UMT multi-modality, supervised, masked-pretraining, ImageNet) loads through `videomamba_checkpoints`.
 
 Input ``[B, T, 3, H, W]`` (ImageNet-normalised); output ``[B, T, out_grid**2, embed_dim]``: all patch tokens of
 each frame after the final norm (CLS dropped), average-pooled from the patch grid to ``out_grid``.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -194,75 +193,9 @@ class VideoMambaModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, config: VideoMambaConfig, path: str | Path) -> VideoMambaModel:
+        """A model of ``config`` with the weights of any VideoMamba release (see `videomamba_checkpoints`)."""
+        from gemma3.model.videomamba_checkpoints import load_videomamba_checkpoint
+
         model = cls(config)
         load_videomamba_checkpoint(model, path)
         return model
-
-
-@dataclass
-class LoadReport:
-    loaded: int
-    dropped: list[str]
-    adapted: list[str]
-
-
-TRAINING_ONLY_PREFIXES = ("head.", "head_drop.", "fc_norm.")
-
-
-def _unwrap(state: dict) -> dict:
-    for key in ("model", "module", "state_dict", "model_state"):
-        if key in state and isinstance(state[key], dict):
-            state = state[key]
-    return {k.removeprefix("module.").removeprefix("model."): v for k, v in state.items()}
-
-
-def load_videomamba_checkpoint(model: VideoMambaModel, path_or_state: str | Path | dict) -> LoadReport:
-    """Load an official VideoMamba checkpoint strictly.
-
-    Drops only training heads; inflates a 2D (image-pretrained) patch kernel to 3D; interpolates the temporal
-    position embedding when the frame count differs and the spatial one when the patch grid differs. Any other
-    missing or unexpected key raises, naming the keys.
-    """
-    if isinstance(path_or_state, dict):
-        state = _unwrap(dict(path_or_state))
-    else:
-        path = Path(path_or_state)
-        if not path.exists():
-            raise FileNotFoundError(f"VideoMamba checkpoint not found: {path}")
-        state = _unwrap(torch.load(path, map_location="cpu", weights_only=False))
-    dropped = sorted(k for k in state if k.startswith(TRAINING_ONLY_PREFIXES))
-    state = {k: v for k, v in state.items() if k not in dropped}
-    if "norm.weight" in state and "norm_f.weight" not in state:  # some exports name the final norm `norm`
-        state["norm_f.weight"] = state.pop("norm.weight")
-    own = model.state_dict()
-    adapted = []
-    w = state.get("patch_embed.proj.weight")
-    target = own["patch_embed.proj.weight"]
-    if w is not None and w.dim() == 4:  # [C, 3, p, p] image kernel -> [C, 3, k, p, p]
-        k = target.shape[2]
-        state["patch_embed.proj.weight"] = w[:, :, None].repeat(1, 1, k, 1, 1) / k
-        adapted.append("patch_embed.proj.weight (2D -> 3D)")
-    tpe = state.get("temporal_pos_embedding")
-    if tpe is not None and tpe.shape != own["temporal_pos_embedding"].shape:
-        n = own["temporal_pos_embedding"].shape[1]
-        state["temporal_pos_embedding"] = F.interpolate(
-            tpe.transpose(1, 2), size=n, mode="linear", align_corners=False
-        ).transpose(1, 2)
-        adapted.append(f"temporal_pos_embedding ({tpe.shape[1]} -> {n} frames)")
-    pe = state.get("pos_embed")
-    if pe is not None and pe.shape != own["pos_embed"].shape:
-        old, new = int(math.isqrt(pe.shape[1] - 1)), int(math.isqrt(own["pos_embed"].shape[1] - 1))
-        grid = pe[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
-        state["pos_embed"] = torch.cat([pe[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new * new, -1)], dim=1)
-        adapted.append(f"pos_embed ({old}x{old} -> {new}x{new})")
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise KeyError(
-            f"VideoMamba checkpoint does not match the model: missing {missing[:10]} "
-            f"({len(missing)}), unexpected {unexpected[:10]} ({len(unexpected)})"
-        )
-    model.load_state_dict(state, strict=True)
-    logger.info("Loaded %d VideoMamba tensors (dropped %s; adapted %s)", len(state), dropped, adapted)
-    return LoadReport(len(state), dropped, adapted)
