@@ -146,7 +146,7 @@ class ModelSources:
     video_encoder: str | None = None
     image_encoder_config: str | None = None
     video_encoder_config: str | None = None
-    encoder_lr: float | None = None  # encoders without checkpoints train (cpu preset)
+    encoders_from_scratch: bool = False  # encoders without checkpoints also train during pretraining (cpu preset)
     extra: dict = field(default_factory=dict)
 
 
@@ -221,8 +221,10 @@ def model_sources(cfg: PipelineConfig) -> ModelSources:
             image_encoder=None,
             image_encoder_config=str(out / "clip_config.json"),
             video_encoder_config=str(out / "videomamba_config.json"),
-            encoder_lr=cfg.preset.encoder_lr,
+            encoders_from_scratch=True,
         )
+    llm = cfg.model_id or "google/gemma-3n-E2B-it"
+    log_planned_size(llm)
     video_ckpt = cfg.video_encoder or os.environ.get("VIDEO_ENCODER")
     if not video_ckpt:
         from huggingface_hub import hf_hub_download
@@ -231,10 +233,22 @@ def model_sources(cfg: PipelineConfig) -> ModelSources:
 
         video_ckpt = hf_hub_download(DEFAULT_VIDEO_ENCODER, DEFAULT_VIDEO_ENCODER_FILE)
     return ModelSources(
-        llm=cfg.model_id or "google/gemma-3n-E2B-it",
+        llm=llm,
         image_encoder="openai/clip-vit-base-patch16",
         video_encoder=str(video_ckpt),
     )
+
+
+def log_planned_size(llm: str) -> None:
+    """Before any download: the language model's size from its shipped published config (when there is one)."""
+    from gemma3.families import family_for_config
+    from gemma3.model.reference_configs import meta_model, parameter_counts, reference_config, reference_models
+
+    if llm not in reference_models():
+        return
+    config = reference_config(llm)
+    counts = parameter_counts(meta_model(config), family_for_config(config).component_fn())
+    logger.info("%s (published config): %s", llm, ", ".join(f"{k} {v / 1e6:,.0f}M" for k, v in counts.items()))
 
 
 def _stage_arguments(cfg: PipelineConfig, src: ModelSources, stage: str, out: Path, steps: int, **extra) -> dict:
@@ -304,39 +318,41 @@ def train_stage(arguments: dict, log: Path) -> None:
         T.train(*check_arguments(*argument_parser().parse_dict(arguments)))
 
 
+def pretrain_arguments(cfg: PipelineConfig, src: ModelSources) -> dict:
+    """The pretrain stage's training arguments (every learning rate of the preset passed through)."""
+    p = cfg.preset
+    enc = p.pretrain_lr if src.encoders_from_scratch else p.encoder_lr  # 0 = frozen
+    return _stage_arguments(
+        cfg, src, "pretrain", cfg.output_dir / "pretrain", p.pretrain_steps, learning_rate=p.pretrain_lr,
+        image_encoder_lr=enc, video_encoder_lr=enc,
+    )  # fmt: skip
+
+
+def finetune_arguments(cfg: PipelineConfig, src: ModelSources, pretrained: Path) -> dict:
+    """The finetune stage's training arguments (LoRA, projector and encoder learning rates of the preset)."""
+    p = cfg.preset
+    return _stage_arguments(
+        cfg, src, "finetune", cfg.output_dir / "finetune", p.finetune_steps, pretrained_projector=str(pretrained),
+        use_lora=True, lora_r=p.lora_r, lora_alpha=p.lora_alpha, learning_rate=p.lr, projector_lr=p.projector_lr,
+        image_encoder_lr=p.encoder_lr, video_encoder_lr=p.encoder_lr,
+    )  # fmt: skip
+
+
 def pretrain(cfg: PipelineConfig, src: ModelSources) -> Path:
     """Projector (and, on the cpu preset, encoder) pretraining; returns its output folder."""
-    p, out = cfg.preset, cfg.output_dir / "pretrain"
+    out = cfg.output_dir / "pretrain"
     if not (out / "trainer_state.json").exists():
         logger.info("[2/5] projector pretraining -> %s", out)
-        lrs = {} if src.encoder_lr is None else {"image_encoder_lr": p.pretrain_lr, "video_encoder_lr": p.pretrain_lr}
-        args = _stage_arguments(cfg, src, "pretrain", out, p.pretrain_steps, learning_rate=p.pretrain_lr, **lrs)
-        train_stage(args, cfg.output_dir / "pretrain.log")
+        train_stage(pretrain_arguments(cfg, src), cfg.output_dir / "pretrain.log")
     return out
 
 
 def finetune(cfg: PipelineConfig, src: ModelSources, pretrained: Path) -> Path:
     """LoRA finetuning from the pretrained projectors; returns its output folder."""
-    p, out = cfg.preset, cfg.output_dir / "finetune"
+    out = cfg.output_dir / "finetune"
     if not (out / "trainer_state.json").exists():
         logger.info("[3/5] LoRA finetuning -> %s", out)
-        lr = src.encoder_lr
-        encoder_lrs = {} if lr is None else {"image_encoder_lr": lr, "video_encoder_lr": lr}
-        args = _stage_arguments(
-            cfg,
-            src,
-            "finetune",
-            out,
-            p.finetune_steps,
-            pretrained_projector=str(pretrained),
-            use_lora=True,
-            lora_r=p.lora_r,
-            lora_alpha=p.lora_alpha,
-            learning_rate=p.lr,
-            projector_lr=p.projector_lr,
-            **encoder_lrs,
-        )
-        train_stage(args, cfg.output_dir / "finetune.log")
+        train_stage(finetune_arguments(cfg, src, pretrained), cfg.output_dir / "finetune.log")
     return out
 
 

@@ -56,10 +56,41 @@ def test_stage_arguments_are_the_training_entry_points_own(tmp_path):
     from gemma3.train.arguments import argument_parser, check_arguments
 
     cfg = pipeline.PipelineConfig("cpu", pipeline.PRESETS["cpu"], tmp_path / "d", tmp_path / "o", report_to="none")
-    src = pipeline.ModelSources(llm="x", image_encoder=None, image_encoder_config="c.json", encoder_lr=1e-3)
+    src = pipeline.ModelSources(llm="x", image_encoder=None, image_encoder_config="c.json", encoders_from_scratch=True)
     args = pipeline._stage_arguments(cfg, src, "finetune", tmp_path / "o" / "ft", 5, use_lora=True)
     m, d, t = check_arguments(*argument_parser().parse_dict(args))
     assert (m.image_encoder, m.use_lora, d.num_frames, t.max_steps, t.stage) == (None, True, 8, 5, "finetune")
     gpu = pipeline.PipelineConfig("gpu", pipeline.PRESETS["gpu"], tmp_path / "d", tmp_path / "o")
     args = pipeline._stage_arguments(gpu, src, "pretrain", tmp_path / "o" / "pre", 0)
     assert args["deepspeed"].endswith("scripts/zero2.json") and args["num_train_epochs"] == 1.0
+
+
+def test_gpu_preset_learning_rates_reach_the_optimizer(tmp_path, gemma270m_dir):
+    """Every learning rate the gpu preset sets (LoRA, projector, encoders) becomes an optimizer group's lr."""
+    import dataclasses
+
+    from tiny_checkpoints import CLIP_CFG, VIDEOMAMBA_CFG, make_dataset
+
+    from gemma3.train import train as T
+    from gemma3.train.arguments import argument_parser, check_arguments
+
+    llm = make_llm(tmp_path, gemma270m_dir)
+    data = make_dataset(tmp_path, n=2)
+    (tmp_path / "clip.json").write_text(json.dumps(CLIP_CFG))
+    (tmp_path / "vm.json").write_text(json.dumps(VIDEOMAMBA_CFG))
+    preset = dataclasses.replace(pipeline.PRESETS["gpu"], encoder_lr=3e-5, num_frames=4, keyframe_chunk_size=2,
+                                 keyframes_per_chunk=1, image_output_grid=2, video_output_grid=2, video_size="tiny",
+                                 finetune_steps=1, batch=2, grad_accum=1, max_length=256, bf16=False)  # fmt: skip
+    cfg = pipeline.PipelineConfig("gpu", preset, tmp_path, tmp_path / "o", report_to="none")
+    src = pipeline.ModelSources(llm=str(llm), image_encoder=None, image_encoder_config=str(tmp_path / "clip.json"),
+                                video_encoder_config=str(tmp_path / "vm.json"))  # fmt: skip
+    args = pipeline.finetune_arguments(cfg, src, tmp_path / "no_pretrain")
+    assert args["deepspeed"].endswith("scripts/zero2.json") and args["learning_rate"] == preset.lr
+    # On this CPU: no DeepSpeed / gradient checkpointing, the annotation file of this test, no pretrained projector.
+    args.update(deepspeed=None, gradient_checkpointing=False, use_cpu=True, data_path=str(data),
+                video_folder=str(tmp_path), dataloader_num_workers=0, save_strategy="no")  # fmt: skip
+    del args["pretrained_projector"]
+    res = T.train(*check_arguments(*argument_parser().parse_dict({k: v for k, v in args.items() if v is not None})))
+    lrs = {g["name"].split("/")[0]: g["lr"] for g in res["optimizer_groups"]}
+    assert lrs == {"language_model": preset.lr, "projector": preset.projector_lr, "image_encoder": 3e-5,
+                   "video_encoder": 3e-5}  # fmt: skip

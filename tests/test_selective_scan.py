@@ -83,3 +83,19 @@ def test_causal_conv_is_causal():
     y2 = causal_conv1d(x2, w, None, activation=None)
     torch.testing.assert_close(y[..., :6], y2[..., :6])
     assert not torch.allclose(y[..., 6:], y2[..., 6:])
+
+
+def test_missing_kernels_on_cuda_are_reported_once_and_can_be_required(monkeypatch, caplog):
+    import gemma3.model.selective_scan as S
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine without the kernels
+    S._warn_once.cache_clear()
+    with caplog.at_level("WARNING", logger="gemma3.model.selective_scan"):
+        assert S.check_kernels() is False
+        assert S.check_kernels() is False
+    warnings = [r for r in caplog.records if "kernels do not import" in r.message]
+    assert len(warnings) == 1 and "mamba_ssm: " in warnings[0].message  # with the import error itself
+    with pytest.raises(RuntimeError, match=r"do not import .*--require_kernels"):
+        S.check_kernels(require=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert S.check_kernels(require=True) is False  # no CUDA: the PyTorch scan is the path, nothing to say

@@ -124,8 +124,8 @@ def build_model(
             "video_encoder": None if video_encoder is None else str(video_encoder),
         },
     )
-    model = VideoGemmaForCausalLM(config)
-    # Swap in the loaded sub-models (the freshly initialised ones are discarded).
+    model = VideoGemmaForCausalLM(config, meta_language_model=True)
+    # Swap in the loaded sub-models (the LM placeholder was never materialised; the fresh CLIP is discarded).
     model.language_model = lm
     model.image_encoder = clip
     if use_video_encoder:

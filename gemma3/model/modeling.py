@@ -47,7 +47,9 @@ class VideoGemmaPreTrainedModel(PreTrainedModel):
 class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
     """Gemma language model with video (VideoMamba + CLIP key frames) and image (CLIP) inputs."""
 
-    def __init__(self, config: VideoGemmaConfig) -> None:
+    def __init__(self, config: VideoGemmaConfig, meta_language_model: bool = False) -> None:
+        """``meta_language_model``: build the language model on the ``meta`` device, as a placeholder the builder
+        replaces with the loaded one (no throwaway full-size LM is materialised)."""
         super().__init__(config)
         if config.use_video_encoder and config.video_config.num_frames != config.num_keyframes:
             raise ValueError(
@@ -55,7 +57,11 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
                 f"({config.num_keyframes} = num_frames {config.num_frames} / chunk {config.keyframe_chunk_size} "
                 f"x {config.keyframes_per_chunk})"
             )
-        self.language_model = backbones.build_text_backbone(config.text_config)
+        if meta_language_model:
+            with torch.device("meta"):
+                self.language_model = backbones.build_text_backbone(config.text_config)
+        else:
+            self.language_model = backbones.build_text_backbone(config.text_config)
         hidden = config.text_config.hidden_size
         proj: ProjectorConfig = config.projector_config
         self.image_encoder = None

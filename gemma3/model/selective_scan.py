@@ -25,11 +25,15 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 
+_IMPORT_ERRORS: dict[str, str] = {}
+
+
 @functools.lru_cache(maxsize=1)
 def _cuda_scan_fn():
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except Exception:  # ImportError, or an extension that fails to load without CUDA
+    except Exception as err:  # ImportError, or an extension that fails to load without CUDA
+        _IMPORT_ERRORS["mamba_ssm"] = f"{type(err).__name__}: {err}"
         return None
     return selective_scan_fn
 
@@ -38,7 +42,8 @@ def _cuda_scan_fn():
 def _cuda_conv_fn():
     try:
         from causal_conv1d import causal_conv1d_fn
-    except Exception:
+    except Exception as err:
+        _IMPORT_ERRORS["causal_conv1d"] = f"{type(err).__name__}: {err}"
         return None
     return causal_conv1d_fn
 
@@ -46,6 +51,37 @@ def _cuda_conv_fn():
 def cuda_kernels_available() -> bool:
     """Whether the mamba_ssm selective-scan kernel imports (it needs its CUDA extension)."""
     return torch.cuda.is_available() and _cuda_scan_fn() is not None
+
+
+def kernel_import_errors() -> dict[str, str]:
+    """Why the mamba_ssm / causal_conv1d kernels did not import (empty when both did)."""
+    _cuda_scan_fn(), _cuda_conv_fn()
+    return dict(_IMPORT_ERRORS)
+
+
+@functools.lru_cache(maxsize=1)
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
+
+def check_kernels(require: bool = False) -> bool:
+    """On a CUDA machine, say loudly (once) when the VideoMamba kernels do not import, with the import error;
+    ``require`` makes that fatal. Returns whether they are usable (always False without CUDA)."""
+    if not torch.cuda.is_available():
+        return False
+    errors = kernel_import_errors()
+    if not errors:
+        return True
+    message = (
+        "CUDA is available but the mamba_ssm / causal_conv1d kernels do not import ("
+        + "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
+        + "); VideoMamba falls back to the PyTorch selective scan, which is much slower on GPU. "
+        "Install them with requirements-gpu.txt."
+    )
+    if require:
+        raise RuntimeError(message + " (--require_kernels)")
+    _warn_once(message)
+    return False
 
 
 def _prepare(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
@@ -211,6 +247,7 @@ def selective_scan(
         fn = _cuda_scan_fn()
         if fn is not None:
             return fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+        check_kernels()  # warns once with the import error
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 

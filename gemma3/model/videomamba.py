@@ -151,7 +151,7 @@ class VideoMambaModel(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.grid_size**2 + 1, c))
         self.temporal_pos_embedding = nn.Parameter(torch.zeros(1, config.num_frames // config.tubelet_size, c))
-        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]  # meta-safe
         self.layers = nn.ModuleList(Block(config, r) for r in rates)
         self.norm_f = RMSNorm(c, eps=1e-5) if config.rms_norm else nn.LayerNorm(c)
         self.gradient_checkpointing = False

@@ -57,6 +57,9 @@ class ModelArguments:
     freeze_vision_tower: bool | None = field(default=None)
     freeze_projector: bool | None = field(default=None)
     merge_lora: bool = field(default=False, metadata={"help": "also write a merged plain-HF export at the end"})
+    require_kernels: bool = field(
+        default=False, metadata={"help": "on CUDA, stop when the mamba_ssm / causal_conv1d kernels do not import"}
+    )
 
 
 @dataclass

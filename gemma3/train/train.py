@@ -215,6 +215,9 @@ def save_final(trainer: VideoGemmaTrainer, out: Path) -> None:
 def train(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> dict:
     """Train one stage; returns a summary (output folder, steps, losses, data stats) and the trained model."""
     set_seed(train_args.seed)
+    from gemma3.model.selective_scan import check_kernels
+
+    check_kernels(require=model_args.require_kernels)  # loud on CUDA without the VideoMamba kernels
     family = family_for_checkpoint(model_args.model_id, model_args.model_family)
     logger.info("Model family: %s (%s)", family.name, family.kind)
     model, processor, processing, plugin, template = setup(family, model_args, data_args, train_args)
@@ -279,6 +282,12 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         "train_loss": result.training_loss,
         "losses": losses,
         "model": trainer.accelerator.unwrap_model(trainer.model),
+        "optimizer_groups": [
+            {"name": g.get("name"), "lr": g["initial_lr"] if "initial_lr" in g else g["lr"]}
+            for g in trainer.optimizer.param_groups
+        ]
+        if trainer.optimizer is not None
+        else [],
         "data_stats": str(stats) if stats is not None else None,
     }
 
