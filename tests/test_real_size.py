@@ -92,3 +92,34 @@ def test_gpu_preset_reports_the_planned_size_before_downloading(caplog):
     with caplog.at_level("INFO", logger="gemma3.pipeline"):
         log_planned_size("google/gemma-3n-E2B-it")
     assert "language_model 4,435M" in caplog.text
+
+
+@pytest.mark.slow
+def test_real_width_cut_depth_splice_and_lora_step():
+    """Gemma-3n E2B's real width (2,048 hidden, AltUp, LAuReL, per-layer inputs) cut to 2 layers, CLIP ViT-B/16 and
+    VideoMamba-M widths, random weights: the splice and the LoRA-wrapped loss with logits at supervised positions
+    only (about 5 GB and 40 s here; the backward pass at this width is left to the GPU check)."""
+    from peft import LoraConfig, get_peft_model
+
+    from constants import IGNORE_INDEX
+    from gemma3.model.modeling import VideoGemmaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = _real_width_custom(depth=2)
+    cfg.vision_config.num_hidden_layers = 2
+    model = VideoGemmaForCausalLM(cfg)
+    n_video = cfg.num_video_tokens
+    assert n_video == 8 * (49 + 49)  # 8 key frames x (7x7 VideoMamba + 7x7 CLIP) tokens
+    text = torch.randint(3, 1000, (1, 20))
+    ids = torch.cat([text[:, :10], torch.full((1, n_video), cfg.video_token_id), text[:, 10:]], 1)  # [1, L]
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    labels[:, -5:] = ids[:, -5:]
+    video = torch.randn(1, 16, 3, 224, 224)
+    with pytest.raises(ValueError, match=f"{n_video - 1}.*{n_video}|{n_video}.*{n_video - 1}"):
+        model(input_ids=ids[:, 1:].clone().index_fill_(1, torch.tensor([9]), 5), pixel_values_videos=video)
+    names = CUSTOM.lora_targets(model, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj")
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=names, task_type="CAUSAL_LM"))
+    assert sum(p.numel() for p in peft.parameters() if p.requires_grad) == 704_512  # LoRA r=8 only
+    out = peft(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=video, labels=labels)
+    assert out.logits.shape == (5, cfg.text_config.vocab_size)  # supervised positions only
+    assert torch.isfinite(out.loss) and out.loss.requires_grad

@@ -237,3 +237,19 @@ def test_dora_paged_adamw_8bit_and_merged_export(assets, tmp_path):
     ids = torch.tensor([[2, 105, 2364, 107]])
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, trained(input_ids=ids).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_accumulation_gives_the_full_batch_loss_and_gradients(assets, tmp_path):
+    """(batch 4) and (batch 2 x accumulation 2) log the same loss and take the same step (plain SGD, which would
+    show a scaled gradient): the model divides the summed token loss by the Trainer's num_items_in_batch."""
+    common = dict(stage="finetune", use_lora=True, projector_lr=0.1, learning_rate=0.1, optim="sgd", max_steps=1,
+                  lr_scheduler_type="constant", warmup_ratio=0.0, max_grad_norm=0.0, lora_dropout=0.0)  # fmt: skip
+    full = T.main(_argv(assets, tmp_path / "b4", per_device_train_batch_size=4, **common))
+    accum = T.main(_argv(assets, tmp_path / "b2x2", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                         **common))  # fmt: skip
+    assert full["losses"][0] == pytest.approx(accum["losses"][0], rel=1e-5)
+    a = {n: p for n, p in full["model"].named_parameters() if p.requires_grad}
+    b = {n: p for n, p in accum["model"].named_parameters() if p.requires_grad}
+    assert a.keys() == b.keys() and a
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], rtol=1e-4, atol=1e-6, msg=n)

@@ -209,6 +209,9 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
                 raise ValueError("Pass input_ids (or inputs_embeds)")
             inputs_embeds, per_layer = self.embed_inputs(input_ids, pixel_values, pixel_values_videos)
         decoder_kwargs = {"per_layer_inputs": per_layer} if per_layer is not None else {}
+        # The Trainer passes the number of supervised tokens of the whole (accumulated, all-rank) batch: the loss is
+        # then sum / that number, so gradient accumulation and data parallelism give the full batch's mean.
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         outputs = self.get_decoder()(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
@@ -226,7 +229,11 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
             if not bool(supervised.any()):
                 raise ValueError("labels supervise no token (all are IGNORE_INDEX): check the loss mask")
             logits = backbones.lm_logits(self.language_model, hidden[:, :-1][supervised])  # [S, V]
-            loss = F.cross_entropy(logits.float(), shift_labels[supervised])
+            if num_items_in_batch is None:
+                loss = F.cross_entropy(logits.float(), shift_labels[supervised])
+            else:
+                total = F.cross_entropy(logits.float(), shift_labels[supervised], reduction="sum")
+                loss = total / torch.as_tensor(num_items_in_batch, device=total.device, dtype=total.dtype)
         else:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = backbones.lm_logits(self.language_model, hidden[:, keep])  # [B, L', V]
