@@ -435,6 +435,7 @@ def validate_annotations(
     root = Path(path).parent if media_root is None else media_root
     for i, rec in enumerate(records):
         where = f"{path}:{i}"
+        before = len(problems)  # encode only samples with no problem so far
         try:
             s = parse_record(rec, where, root)
         except AnnotationError as err:
@@ -460,7 +461,7 @@ def validate_annotations(
                             read_image(p)
                 except MediaError as err:
                     problems.append(Problem(i, s.id, m.kind, str(paths[0]), str(err)))
-        if encode is not None and max_length is not None and not any(p.index == i for p in problems):
+        if encode is not None and max_length is not None and len(problems) == before:
             try:
                 n = len(encode(s)["input_ids"])
             except (MediaError, AnnotationError, ValueError, OSError) as err:

@@ -62,8 +62,10 @@ def generation_for(gen_kwargs: dict | None, default):
     g = dict(gen_kwargs or {})
     temperature = float(g.get("temperature", default.temperature) or 0.0)
     # Sampling only when the request asks for it (do_sample, or a positive temperature); greedy otherwise.
-    do_sample = bool(g["do_sample"]) if "do_sample" in g else ("temperature" in g and temperature > 0)
-    do_sample = do_sample or (not g and default.do_sample)
+    if "do_sample" in g:
+        do_sample = bool(g["do_sample"])
+    else:
+        do_sample = temperature > 0 if "temperature" in g else default.do_sample
     return dataclasses.replace(
         default,
         max_new_tokens=int(g.get("max_new_tokens", g.get("max_gen_toks", default.max_new_tokens))),

@@ -128,11 +128,11 @@ class CustomFamily(Family):
     def load_config_and_processor(self, path):
         from transformers import AutoTokenizer
 
+        from gemma3.model.builder import tokenizer_source
         from gemma3.model.configuration import VideoGemmaConfig
 
         config = VideoGemmaConfig.from_pretrained(path)
-        tok_src = path if (Path(path) / "tokenizer_config.json").exists() else config.sources["llm"]
-        return config, AutoTokenizer.from_pretrained(tok_src)
+        return config, AutoTokenizer.from_pretrained(tokenizer_source(path, config))
 
     def load_for_training(self, model_args, data_args, dtype, quantization_config=None):
         from transformers import AutoConfig
@@ -240,14 +240,12 @@ class NativeFamily(Family):
         return self.load(model_args.model_id, dtype, quantization_config)
 
     def load_config_and_processor(self, path):
-        import json
-
         from transformers import AutoConfig, AutoProcessor
 
-        adapter = Path(path) / "adapter_config.json"
-        base = json.loads(adapter.read_text()).get("base_model_name_or_path") if adapter.exists() else path
-        src = path if (Path(path) / "processor_config.json").exists() else base
-        return AutoConfig.from_pretrained(base), AutoProcessor.from_pretrained(src)
+        from gemma3.model.native import checkpoint_sources
+
+        base, processor_src, _ = checkpoint_sources(path)
+        return AutoConfig.from_pretrained(base), AutoProcessor.from_pretrained(processor_src)
 
     def plugin(self, model, processor, processing, max_length=None):
         from gemma3.model.native import NativeVLMPlugin

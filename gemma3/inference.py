@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -151,42 +152,37 @@ class Predictor:
         return [ll for ll, _ in self.loglikelihood(variants)]
 
 
-def read_done_ids(path: Path) -> set[str]:
-    """Ids already written to a predictions file with a result (a torn last line from a kill is ignored; records
-    with an ``error`` field do not count: they are retried)."""
-    done: set[str] = set()
+def read_records_by_line(path: Path) -> list[tuple[str, dict | None]]:
+    """Each line of a predictions file with its record (None for a torn or unreadable line)."""
     if not path.exists():
-        return done
-    with path.open() as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                if "error" not in rec:
-                    done.add(str(rec["id"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return done
-
-
-def _drop_failed(path: Path, retry: set[str]) -> int:
-    """Rewrite ``path`` without the error records of ``retry`` ids (atomically), so a retried id is written once."""
-    if not path.exists() or not retry:
-        return 0
-    kept, dropped = [], 0
+        return []
+    out = []
     for line in path.read_text().splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a torn line: never a complete record
-        if isinstance(rec, dict) and "error" in rec and str(rec.get("id")) in retry:
-            dropped += 1
-            continue
-        kept.append(line)
-    if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
-    return dropped
+            rec = None
+        out.append((line, rec if isinstance(rec, dict) else None))
+    return out
+
+
+def done_ids(lines: list[tuple[str, dict | None]]) -> set[str]:
+    """Ids written with a result (a torn line from a kill is ignored; records with an ``error`` field do not count:
+    they are retried)."""
+    return {str(rec["id"]) for _, rec in lines if rec is not None and "id" in rec and "error" not in rec}
+
+
+def _drop_failed(path: Path, lines: list[tuple[str, dict | None]], retry: set[str]) -> int:
+    """Rewrite ``path`` without the error records of ``retry`` ids (atomically), so a retried id is written once.
+    ``lines``: the file as `read_records_by_line` read it (it is not read again)."""
+    failed = [rec is not None and "error" in rec and str(rec.get("id")) in retry for _, rec in lines]
+    if not any(failed):
+        return 0
+    kept = [line for (line, rec), drop in zip(lines, failed) if rec is not None and not drop]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+    return sum(failed)
 
 
 @contextlib.contextmanager
@@ -233,9 +229,9 @@ def predict(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ids = [str(s.id) for s in samples]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
+    counts = Counter(str(s.id) for s in samples)
+    dup = sorted(i for i, n in counts.items() if n > 1)
+    if dup:
         raise ValueError(f"{len(dup)} sample ids appear more than once (e.g. {dup[:3]}); ids must be unique")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -247,12 +243,15 @@ def _predict_locked(predictor: Predictor, samples: list, output: Path, batch_siz
     from tqdm import tqdm
 
     # Repair a torn last line so appends start on a fresh line.
-    if output.exists() and output.stat().st_size and not output.read_bytes().endswith(b"\n"):
-        with output.open("a") as f:
-            f.write("\n")
-    done = read_done_ids(output)
+    if output.exists() and output.stat().st_size:
+        with output.open("rb+") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+    lines = read_records_by_line(output)
+    done = done_ids(lines)
     todo = [s for s in samples if str(s.id) not in done]
-    retried = _drop_failed(output, {str(s.id) for s in todo})
+    retried = _drop_failed(output, lines, {str(s.id) for s in todo})
     if retried:
         logger.info("Retrying %d samples whose earlier attempt failed", retried)
     stats = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_checkpoints import custom_train_args, make_dataset, make_encoder_configs, make_llm
+from tiny_checkpoints import custom_train_args, make_custom_assets
 
 import dataset as ds
 import gemma3.inference as inf
@@ -28,9 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny(tmp_path_factory, gemma270m_dir):
     """A saved tiny custom model (full weights + tokenizer) and a 4-clip dataset."""
     root = tmp_path_factory.mktemp("faults")
-    llm = make_llm(root, gemma270m_dir)
-    clip, vm = make_encoder_configs(root)
-    data = make_dataset(root, n=4)
+    llm, clip, vm, data = make_custom_assets(root, gemma270m_dir)
     model, tok = build_model(
         llm=llm, image_encoder=None, video_size="tiny", num_frames=4, keyframe_chunk_size=2, keyframes_per_chunk=1,
         image_output_grid=2, video_output_grid=2, image_encoder_config=json.loads(clip.read_text()),

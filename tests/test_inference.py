@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from tiny_checkpoints import custom_train_args, make_dataset, make_encoder_configs, make_llm
+from tiny_checkpoints import custom_train_args, make_custom_assets
 
 import dataset as ds
 import gemma3.inference as inf
@@ -16,9 +16,7 @@ from gemma3.train import train as T
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, gemma270m_dir):
     root = tmp_path_factory.mktemp("inf")
-    llm = make_llm(root, gemma270m_dir)
-    clip, vm = make_encoder_configs(root)
-    data = make_dataset(root, n=6)
+    llm, clip, vm, data = make_custom_assets(root, gemma270m_dir, n=6)
     T.main(custom_train_args(llm, clip, vm, data, root / "out", stage="finetune", use_lora=True, max_steps=1))
     return root, data
 
@@ -76,9 +74,7 @@ def test_restart_skips_done_ids_and_bad_media_is_recorded(trained, tmp_path):
 def memorised(tmp_path_factory, gemma270m_dir):
     """A tiny custom model fully fine-tuned until it answers every clip with one phrase."""
     root = tmp_path_factory.mktemp("memorised")
-    llm = make_llm(root, gemma270m_dir)
-    clip, vm = make_encoder_configs(root)
-    data = make_dataset(root, n=4)
+    llm, clip, vm, data = make_custom_assets(root, gemma270m_dir)
     recs = json.loads(data.read_text())
     for r in recs:
         r["conversations"][1]["value"] = "moving left"

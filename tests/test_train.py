@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_checkpoints import custom_train_args, make_dataset, make_encoder_configs, make_llm
+from tiny_checkpoints import custom_train_args, make_custom_assets
 from transformers import set_seed
 
 from gemma3.families import CUSTOM
@@ -26,10 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory, gemma270m_dir):
-    root = tmp_path_factory.mktemp("train")
-    llm = make_llm(root, gemma270m_dir)
-    clip, vm = make_encoder_configs(root)
-    return llm, clip, vm, make_dataset(root)
+    return make_custom_assets(tmp_path_factory.mktemp("train"), gemma270m_dir)
 
 
 def _argv(assets, out, **kw):

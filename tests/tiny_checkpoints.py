@@ -69,6 +69,13 @@ def make_dataset(root: Path, n: int = 4, frames: int = 8, size: int = 32) -> Pat
     return write_json(root / "train.json", recs)
 
 
+def make_custom_assets(root: Path, gemma270m_dir: Path, n: int = 4) -> tuple[Path, Path, Path, Path]:
+    """(tiny LLM folder, CLIP config, VideoMamba config, annotation file of ``n`` clips) under ``root``."""
+    llm = make_llm(root, gemma270m_dir)
+    clip, vm = make_encoder_configs(root)
+    return llm, clip, vm, make_dataset(root, n=n)
+
+
 def custom_train_args(llm: Path, clip_cfg: Path, vm_cfg: Path, data: Path, out: Path, **extra) -> list[str]:
     """CLI flags of gemma3/train/train.py for the tiny custom model (as scripts/finetune_qevd.sh passes them)."""
     args = {

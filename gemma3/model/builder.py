@@ -223,6 +223,11 @@ def _rebuild_base(config: VideoGemmaConfig, dtype: torch.dtype) -> VideoGemmaFor
     return model
 
 
+def tokenizer_source(path: str | Path, config: VideoGemmaConfig) -> str:
+    """Where a saved custom model's tokenizer lives: its own folder when it was saved there, else the LLM source."""
+    return str(path) if (Path(path) / "tokenizer_config.json").exists() else config.sources["llm"]
+
+
 def load_model(
     path: str | Path, dtype: torch.dtype = torch.float32, merge_lora: bool = False
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
@@ -245,7 +250,6 @@ def load_model(
     if (path / TRAINABLES_FILE).exists():
         loaded = load_trainables(model, path / TRAINABLES_FILE)
         logger.info("Loaded %d trained tensors from %s", len(loaded), path / TRAINABLES_FILE)
-    tok_src = path if (path / "tokenizer_config.json").exists() else config.sources["llm"]
-    tokenizer = AutoTokenizer.from_pretrained(tok_src)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(path, config))
     model.eval()
     return model, tokenizer

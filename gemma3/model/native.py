@@ -43,6 +43,19 @@ def _load_base(model_id: str, dtype: torch.dtype, quantization_config=None):
     return AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype, quantization_config=quantization_config)
 
 
+def checkpoint_sources(model_id: str | Path) -> tuple[str, str, bool]:
+    """(base model, processor source, is an adapter output) of a native checkpoint: an adapter output's base is
+    the one PEFT recorded; the processor comes from the folder when it holds one, else from the base."""
+    path = Path(model_id)
+    adapter_cfg = path / "adapter_config.json"
+    if not adapter_cfg.exists():
+        return str(model_id), str(model_id), False
+    base_id = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
+    if not base_id:
+        raise ValueError(f"{adapter_cfg}: no base_model_name_or_path; cannot find the base model")
+    return base_id, str(path) if (path / "processor_config.json").exists() else base_id, True
+
+
 def load_native_model(model_id: str | Path, dtype: torch.dtype = torch.float32, quantization_config=None):
     """Load a native Gemma VLM and its processor: an HF id or folder, or a training output.
 
@@ -53,23 +66,18 @@ def load_native_model(model_id: str | Path, dtype: torch.dtype = torch.float32, 
     from transformers import AutoProcessor
 
     path = Path(model_id)
-    adapter_cfg = path / "adapter_config.json"
-    if not adapter_cfg.exists():
-        model = _load_base(str(model_id), dtype, quantization_config)
-        processor = AutoProcessor.from_pretrained(str(model_id))
-    else:
+    base_id, processor_src, is_adapter = checkpoint_sources(model_id)
+    model = _load_base(base_id, dtype, quantization_config)
+    if is_adapter:
         from peft import PeftModel
 
         from gemma3.model.builder import TRAINABLES_FILE, load_trainables
 
-        base_id = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
-        if not base_id:
-            raise ValueError(f"{adapter_cfg}: no base_model_name_or_path; cannot find the base model")
-        model = PeftModel.from_pretrained(_load_base(base_id, dtype, quantization_config), str(path))
+        model = PeftModel.from_pretrained(model, str(path))
         if (path / TRAINABLES_FILE).exists():
             loaded = load_trainables(model, path / TRAINABLES_FILE)
             logger.info("Loaded %d trained non-LoRA tensors from %s", len(loaded), path / TRAINABLES_FILE)
-        processor = AutoProcessor.from_pretrained(str(path) if (path / "processor_config.json").exists() else base_id)
+    processor = AutoProcessor.from_pretrained(processor_src)
     if not getattr(processor, "chat_template", None):
         raise ValueError(f"{model_id}: the processor has no chat template (the native models use their own)")
     return model, processor
