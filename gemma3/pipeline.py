@@ -122,6 +122,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+GPU_LLM = "google/gemma-3n-E2B-it"
+GPU_IMAGE_ENCODER = "openai/clip-vit-base-patch16"
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """One pipeline run: where things go, which preset, and the preset with its overrides applied."""
@@ -135,6 +139,11 @@ class PipelineConfig:
     epochs: float = 1.0
     seed: int = 0
     report_to: str = "tensorboard"
+    rehearse: bool = False  # the gpu preset on CPU against local stand-ins (gemma3.rehearsal)
+
+    @property
+    def use_cpu(self) -> bool:
+        return self.preset_name == "cpu" or self.rehearse
 
 
 @dataclass(frozen=True)
@@ -223,8 +232,13 @@ def model_sources(cfg: PipelineConfig) -> ModelSources:
             video_encoder_config=str(out / "videomamba_config.json"),
             encoders_from_scratch=True,
         )
-    llm = cfg.model_id or "google/gemma-3n-E2B-it"
+    llm = cfg.model_id or GPU_LLM
     log_planned_size(llm)
+    if cfg.rehearse:
+        from gemma3.rehearsal import build_standins
+
+        paths = build_standins(out / "standins", llm, GPU_IMAGE_ENCODER, cfg.preset.video_size, 8)
+        return ModelSources(**paths)
     video_ckpt = cfg.video_encoder or os.environ.get("VIDEO_ENCODER")
     if not video_ckpt:
         from huggingface_hub import hf_hub_download
@@ -234,7 +248,7 @@ def model_sources(cfg: PipelineConfig) -> ModelSources:
         video_ckpt = hf_hub_download(DEFAULT_VIDEO_ENCODER, DEFAULT_VIDEO_ENCODER_FILE)
     return ModelSources(
         llm=llm,
-        image_encoder="openai/clip-vit-base-patch16",
+        image_encoder=GPU_IMAGE_ENCODER,
         video_encoder=str(video_ckpt),
     )
 
@@ -285,7 +299,7 @@ def _stage_arguments(cfg: PipelineConfig, src: ModelSources, stage: str, out: Pa
         "resume_from_checkpoint": "auto",
         "stage": stage,
         "output_dir": str(out),
-        "use_cpu": cfg.preset_name == "cpu",
+        "use_cpu": cfg.use_cpu,
     }
     if steps:  # a step budget, logging often enough that short runs still get a loss curve
         args.update(max_steps=steps, logging_steps=max(1, min(10, steps // 10)))
@@ -303,7 +317,7 @@ def train_stage(arguments: dict, log: Path) -> None:
     from gemma3.train import train as T
     from gemma3.train.arguments import argument_parser, check_arguments
 
-    gpus = torch.cuda.device_count()
+    gpus = 0 if arguments.get("use_cpu") else torch.cuda.device_count()
     if gpus > 1:
         config = log.with_suffix(".yaml")
         config.write_text(yaml.safe_dump(arguments, sort_keys=False))
@@ -356,7 +370,7 @@ def finetune(cfg: PipelineConfig, src: ModelSources, pretrained: Path) -> Path:
     return out
 
 
-def infer(model_dir: Path, data_dir: Path, output: Path, batch_size: int, bf16: bool) -> dict:
+def infer(model_dir: Path, data_dir: Path, output: Path, batch_size: int, bf16: bool, cpu: bool = False) -> dict:
     """Batched greedy inference on the test split (resumable); returns the inference stats."""
     from dataset import load_annotations
     from gemma3.inference import GenerationConfig, load_predictor, predict
@@ -366,7 +380,7 @@ def infer(model_dir: Path, data_dir: Path, output: Path, batch_size: int, bf16: 
         model_dir,
         dtype=torch.bfloat16 if bf16 else torch.float32,
         generation=GenerationConfig(max_new_tokens=8),
-        device="cuda" if torch.cuda.is_available() else "cpu",
+        device="cuda" if torch.cuda.is_available() and not cpu else "cpu",
     )
     samples = load_annotations(data_dir / "annotations" / "test.json", media_root=data_dir)
     return predict(predictor, samples, output, batch_size=batch_size)
@@ -414,6 +428,10 @@ def run(cfg: PipelineConfig) -> dict:
     out, p = cfg.output_dir, cfg.preset
     out.mkdir(parents=True, exist_ok=True)
     logger.info("preset %s: %s", cfg.preset_name, json.dumps(dataclasses.asdict(p)))
+    if cfg.rehearse:
+        from gemma3.rehearsal import announce
+
+        announce(out, PRESETS[cfg.preset_name], p, cfg.model_id or GPU_LLM, GPU_IMAGE_ENCODER)
     marks = [("start", time.perf_counter())]
 
     def mark(name: str) -> None:
@@ -426,7 +444,7 @@ def run(cfg: PipelineConfig) -> dict:
     mark("pretrain")
     ft = finetune(cfg, src, pre)
     mark("finetune")
-    stats = infer(ft, data, out / "predictions.jsonl", p.eval_batch, p.bf16)
+    stats = infer(ft, data, out / "predictions.jsonl", p.eval_batch, p.bf16, cpu=cfg.use_cpu)
     mark("inference")
     metrics = evaluate_split(out / "predictions.jsonl", data, out / "eval")
     mark("evaluation")
@@ -459,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--epochs", type=float, default=1.0, help="epochs when a preset trains by epochs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report_to", default="tensorboard")
+    ap.add_argument("--rehearse", action="store_true", help="the gpu preset on CPU with real-width stand-ins")
     types = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes")}
     for f in dataclasses.fields(Preset):  # every preset value is overridable
         ap.add_argument(f"--{f.name}", type=types[str(f.type)], default=None)
@@ -469,9 +488,16 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The typed run configuration of a parsed command line (preset + overrides)."""
     name = choose_preset(args.preset)
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Preset) if getattr(args, f.name) is not None}
+    preset = dataclasses.replace(PRESETS[name], **overrides)
+    if args.rehearse:
+        if name == "cpu":
+            raise SystemExit("--rehearse / REHEARSE=1 rehearses the gpu preset on CPU; use it with --preset gpu")
+        from gemma3.rehearsal import rehearsal_preset
+
+        preset = rehearsal_preset(preset)
     return PipelineConfig(
         preset_name=name,
-        preset=dataclasses.replace(PRESETS[name], **overrides),
+        preset=preset,
         data_dir=Path(args.data_dir),
         output_dir=Path(args.output_dir),
         model_id=args.model_id,
@@ -479,6 +505,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
         epochs=args.epochs,
         seed=args.seed,
         report_to=args.report_to,
+        rehearse=args.rehearse,
     )
 
 

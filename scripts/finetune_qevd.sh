@@ -3,10 +3,11 @@
 #
 #   bash scripts/finetune_qevd.sh                 # CPU, offline: Gemma 3 270M (PyPI GGUF) + synthetic actions
 #   PRESET=gpu DATA_DIR=data/qevd bash scripts/finetune_qevd.sh      # GPU + hub: gemma-3n-E2B-it, CLIP, VideoMamba
+#   REHEARSE=1 PRESET=gpu bash scripts/finetune_qevd.sh               # the gpu preset rehearsed on CPU, offline
 #
 # Environment variables (all optional): PRESET (auto|cpu|gpu), DATA_DIR, OUTPUT_DIR, MODEL_ID, VIDEO_ENCODER,
 # EPOCHS, PRETRAIN_STEPS, FINETUNE_STEPS, LR, PRETRAIN_LR, PROJECTOR_LR, ENCODER_LR, LORA_R, LORA_ALPHA, BATCH,
-# GRAD_ACCUM, MAX_LENGTH, NUM_FRAMES, CLIPS_PER_CLASS, SEED, REPORT_TO. Extra flags pass through to the pipeline.
+# GRAD_ACCUM, MAX_LENGTH, NUM_FRAMES, CLIPS_PER_CLASS, SEED, REPORT_TO, REHEARSE=1. Extra flags pass through to the pipeline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +30,5 @@ add --grad_accum "${GRAD_ACCUM:-}"
 add --max_length "${MAX_LENGTH:-}"
 add --num_frames "${NUM_FRAMES:-}"
 add --clips_per_class "${CLIPS_PER_CLASS:-}"
+if [ "${REHEARSE:-0}" = "1" ]; then ARGS+=(--rehearse); fi
 exec python3 -m gemma3.pipeline "${ARGS[@]}" "$@"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny_models import tiny_videomamba_config
-from videomamba_releases import LAYOUTS, write_release
 
 from gemma3.model.videomamba import VideoMambaModel
 from gemma3.model.videomamba_checkpoints import CheckpointError, load_videomamba_checkpoint
+from gemma3.model.videomamba_releases import LAYOUTS, write_release
 
 FINAL_NORM = {"umt": "norm", "supervised": "norm_f", "masked_pretrain": "norm", "image": "norm_f"}
 

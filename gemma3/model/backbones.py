@@ -65,9 +65,11 @@ def text_config_of(config: PreTrainedConfig) -> PreTrainedConfig:
 
 
 def build_text_backbone(text_config: PreTrainedConfig) -> PreTrainedModel:
-    """Fresh (randomly initialised) causal LM for a text config."""
+    """Fresh (randomly initialised) causal LM for a text config, in torch's default dtype like the encoders beside
+    it (a published config says ``bfloat16``; built as such, its matmuls are ~50x slower on CPUs without bf16
+    units and the model would mix dtypes)."""
     backbone_spec(text_config)  # validates the family
-    return AutoModelForCausalLM.from_config(text_config)
+    return AutoModelForCausalLM.from_config(text_config, dtype=torch.get_default_dtype())
 
 
 # Checkpoint layouts of multimodal Gemma checkpoints: where the text decoder's weights live.
