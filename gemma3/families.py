@@ -68,6 +68,10 @@ class Family:
         raise NotImplementedError
 
     # ---- data
+    def load_on_meta(self, model_args, data_args):
+        """What `load_for_training` would return, built on the ``meta`` device from configs (no weights)."""
+        raise NotImplementedError
+
     def data_side(self, path: str | Path, **overrides):
         """(tokenizer or processor, data plugin, chat template) of a saved model, without loading its weights:
         what `dataset.py validate --model_path` needs to count tokens exactly as training does."""
@@ -142,21 +146,20 @@ class CustomFamily(Family):
         if AutoConfig.from_pretrained(model_args.model_id).model_type in self.model_types:
             return load_model(model_args.model_id, dtype=dtype)
         return build_model(
-            llm=model_args.model_id,
-            image_encoder=model_args.image_encoder,
-            video_encoder=model_args.video_encoder,
-            video_size=model_args.video_size,
-            num_frames=data_args.num_frames,
-            keyframe_chunk_size=model_args.keyframe_chunk_size,
-            keyframes_per_chunk=model_args.keyframes_per_chunk,
-            image_output_grid=model_args.image_output_grid,
-            video_output_grid=model_args.video_output_grid,
-            use_video_encoder=model_args.use_video_encoder,
-            dtype=dtype,
-            image_encoder_config=_load_mapping(model_args.image_encoder_config),
-            video_encoder_config=_load_mapping(model_args.video_encoder_config),
-            quantization_config=quantization_config,
+            **_build_arguments(model_args, data_args), dtype=dtype, quantization_config=quantization_config
         )
+
+    def load_on_meta(self, model_args, data_args):
+        from transformers import AutoConfig
+
+        from gemma3.model.builder import build_meta_model
+        from gemma3.model.modeling import VideoGemmaForCausalLM
+
+        if AutoConfig.from_pretrained(model_args.model_id).model_type in self.model_types:  # a saved custom model
+            config, tokenizer = self.load_config_and_processor(model_args.model_id)
+            with torch.device("meta"):
+                return VideoGemmaForCausalLM(config), tokenizer
+        return build_meta_model(**_build_arguments(model_args, data_args))
 
     def plugin(self, model, processor, processing, max_length=None):
         from dataset import CustomModelPlugin
@@ -238,6 +241,12 @@ class NativeFamily(Family):
 
     def load_for_training(self, model_args, data_args, dtype, quantization_config=None):
         return self.load(model_args.model_id, dtype, quantization_config)
+
+    def load_on_meta(self, model_args, data_args):
+        from gemma3.model.reference_configs import meta_model
+
+        config, processor = self.load_config_and_processor(model_args.model_id)
+        return meta_model(config), processor
 
     def load_config_and_processor(self, path):
         from transformers import AutoConfig, AutoProcessor
@@ -368,6 +377,24 @@ def family_for_checkpoint(model_id: str | Path, kind: str = "auto") -> Family:
             f"model path {model_id}: no such local folder, and not a model id the hub (or its cache) has ({err})"
         ) from err
     return family_for_config(config, kind)
+
+
+def _build_arguments(model_args, data_args) -> dict:
+    """The custom builder's arguments from the training arguments (`build_model` / `build_meta_model`)."""
+    return {
+        "llm": model_args.model_id,
+        "image_encoder": model_args.image_encoder,
+        "video_encoder": model_args.video_encoder,
+        "video_size": model_args.video_size,
+        "num_frames": data_args.num_frames,
+        "keyframe_chunk_size": model_args.keyframe_chunk_size,
+        "keyframes_per_chunk": model_args.keyframes_per_chunk,
+        "image_output_grid": model_args.image_output_grid,
+        "video_output_grid": model_args.video_output_grid,
+        "use_video_encoder": model_args.use_video_encoder,
+        "image_encoder_config": _load_mapping(model_args.image_encoder_config),
+        "video_encoder_config": _load_mapping(model_args.video_encoder_config),
+    }
 
 
 def _load_mapping(path: str | None) -> dict | None:

@@ -54,6 +54,85 @@ def choose_placeholder_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int
     return image_id, video_id
 
 
+def custom_config(
+    text_config,
+    clip_config,
+    tokenizer: PreTrainedTokenizerBase,
+    llm: str | Path,
+    image_encoder: str | Path | None,
+    video_encoder: str | Path | None,
+    video_size: str,
+    num_frames: int,
+    keyframe_chunk_size: int,
+    keyframes_per_chunk: int,
+    image_output_grid: int,
+    video_output_grid: int,
+    use_video_encoder: bool,
+    video_encoder_config: dict | None,
+) -> VideoGemmaConfig:
+    """The custom model's config from its parts' configs (what `build_model` and `build_meta_model` build)."""
+    image_id, video_id = choose_placeholder_ids(tokenizer)
+    grid = clip_config.image_size // clip_config.patch_size
+    num_keyframes = count_keyframes(num_frames, keyframe_chunk_size, keyframes_per_chunk)
+    vm_cfg = VideoMambaConfig.from_size(
+        video_size,
+        **{"img_size": clip_config.image_size, "num_frames": num_keyframes, **(video_encoder_config or {})},
+    )
+    return VideoGemmaConfig(
+        text_config=text_config,
+        vision_config=clip_config,
+        video_config=vm_cfg,
+        projector_config=ProjectorConfig(
+            video_input_grid=vm_cfg.out_grid,
+            video_output_grid=video_output_grid,
+            image_input_grid=grid,
+            image_output_grid=image_output_grid,
+        ),
+        image_token_id=image_id,
+        video_token_id=video_id,
+        num_frames=num_frames,
+        keyframe_chunk_size=keyframe_chunk_size,
+        keyframes_per_chunk=keyframes_per_chunk,
+        use_video_encoder=use_video_encoder,
+        sources={
+            "llm": str(llm),
+            "image_encoder": None if image_encoder is None else str(image_encoder),
+            "video_encoder": None if video_encoder is None else str(video_encoder),
+        },
+    )
+
+
+def build_meta_model(
+    llm: str | Path,
+    image_encoder: str | Path | None,
+    video_size: str = "middle",
+    num_frames: int = 16,
+    keyframe_chunk_size: int = 8,
+    keyframes_per_chunk: int = 4,
+    image_output_grid: int = 7,
+    video_output_grid: int = 7,
+    use_video_encoder: bool = True,
+    image_encoder_config: dict | None = None,
+    video_encoder_config: dict | None = None,
+    video_encoder: str | Path | None = None,
+) -> tuple[VideoGemmaForCausalLM, PreTrainedTokenizerBase]:
+    """The model `build_model` would build, on the ``meta`` device: configs and tokenizer only, no weights."""
+    from transformers import AutoConfig, CLIPVisionConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    text = backbones.text_config_of(AutoConfig.from_pretrained(llm))
+    if image_encoder is not None:
+        clip_cfg = CLIPVisionConfig.from_pretrained(image_encoder)
+    else:
+        clip_cfg = CLIPVisionConfig(**(image_encoder_config or {}))
+    config = custom_config(
+        text, clip_cfg, tokenizer, llm, image_encoder, video_encoder, video_size, num_frames, keyframe_chunk_size,
+        keyframes_per_chunk, image_output_grid, video_output_grid, use_video_encoder, video_encoder_config,
+    )  # fmt: skip
+    with torch.device("meta"):
+        return VideoGemmaForCausalLM(config), tokenizer
+
+
 def build_model(
     llm: str | Path = DEFAULT_LLM,
     image_encoder: str | Path | None = DEFAULT_IMAGE_ENCODER,
@@ -87,7 +166,7 @@ def build_model(
         quantization_config: a `BitsAndBytesConfig` for the language model (QLoRA; CUDA only).
     """
     tokenizer = AutoTokenizer.from_pretrained(llm)
-    image_id, video_id = choose_placeholder_ids(tokenizer)
+    choose_placeholder_ids(tokenizer)  # fails before any weights load
     lm_kwargs = {"quantization_config": quantization_config} if quantization_config is not None else {}
     lm = backbones.load_text_backbone(llm, dtype=dtype, **lm_kwargs)
     if image_encoder is not None:
@@ -96,34 +175,11 @@ def build_model(
         from transformers import CLIPVisionConfig
 
         clip = CLIPImageEncoder(CLIPVisionConfig(**(image_encoder_config or {})))
-    clip_cfg = clip.config
-    num_keyframes = count_keyframes(num_frames, keyframe_chunk_size, keyframes_per_chunk)
-    vm_cfg = VideoMambaConfig.from_size(
-        video_size,
-        **{"img_size": clip_cfg.image_size, "num_frames": num_keyframes, **(video_encoder_config or {})},
-    )
-    config = VideoGemmaConfig(
-        text_config=lm.config,
-        vision_config=clip_cfg,
-        video_config=vm_cfg,
-        projector_config=ProjectorConfig(
-            video_input_grid=vm_cfg.out_grid,
-            video_output_grid=video_output_grid,
-            image_input_grid=clip.grid_size,
-            image_output_grid=image_output_grid,
-        ),
-        image_token_id=image_id,
-        video_token_id=video_id,
-        num_frames=num_frames,
-        keyframe_chunk_size=keyframe_chunk_size,
-        keyframes_per_chunk=keyframes_per_chunk,
-        use_video_encoder=use_video_encoder,
-        sources={
-            "llm": str(llm),
-            "image_encoder": None if image_encoder is None else str(image_encoder),
-            "video_encoder": None if video_encoder is None else str(video_encoder),
-        },
-    )
+    config = custom_config(
+        lm.config, clip.config, tokenizer, llm, image_encoder, video_encoder, video_size, num_frames,
+        keyframe_chunk_size, keyframes_per_chunk, image_output_grid, video_output_grid, use_video_encoder,
+        video_encoder_config,
+    )  # fmt: skip
     model = VideoGemmaForCausalLM(config, meta_language_model=True)
     # Swap in the loaded sub-models (the LM placeholder was never materialised; the fresh CLIP is discarded).
     model.language_model = lm

@@ -53,9 +53,12 @@ def ensure_distributed_env(deepspeed: str | None) -> None:
     )
 
 
-def component_flags(model_args: ModelArguments, train_args: TrainingArguments) -> dict[str, bool]:
-    """Which components train, from the stage, the freeze flags and the per-component learning rates."""
-    finetune = train_args.stage == "finetune"
+def component_flags(
+    model_args: ModelArguments, train_args: TrainingArguments, stage: str | None = None
+) -> dict[str, bool]:
+    """Which components train, from the stage (``stage`` overrides the arguments' own), the freeze flags and the
+    per-component learning rates."""
+    finetune = (stage or train_args.stage) == "finetune"
 
     def frozen(flag: bool | None, default: bool) -> bool:
         return default if flag is None else flag
@@ -90,17 +93,27 @@ def quantization_config(bits: int):
     )
 
 
-def setup(family: Family, model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments):
-    """The model, its tokenizer / processor, the frame processing, the data plugin and the chat template."""
+def setup(
+    family: Family,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    train_args: TrainingArguments,
+    meta: bool = False,
+):
+    """The model, its tokenizer / processor, the frame processing, the data plugin and the chat template
+    (``meta``: the model built on the meta device from configs, no weights; for `gemma3.preflight`)."""
     from conversation import get_template
     from gemma3.model.builder import TRAINABLES_FILE, load_trainables
     from gemma3.processing import resolve_processing
 
     dtype = torch.bfloat16 if train_args.bf16 else torch.float32
-    model, processor = family.load_for_training(model_args, data_args, dtype, quantization_config(model_args.bits))
+    if meta:
+        model, processor = family.load_on_meta(model_args, data_args)
+    else:
+        model, processor = family.load_for_training(model_args, data_args, dtype, quantization_config(model_args.bits))
     if is_peft_model(model):
         model = model.merge_and_unload()  # a finished adapter becomes the new base
-    if model_args.pretrained_projector:
+    if model_args.pretrained_projector and not meta:
         loaded = load_trainables(model, Path(model_args.pretrained_projector) / TRAINABLES_FILE)
         logger.info("Started from %d pretrained projector tensors", len(loaded))
     processing = resolve_processing(
@@ -218,6 +231,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
     from gemma3.model.selective_scan import check_kernels
 
     check_kernels(require=model_args.require_kernels)  # loud on CUDA without the VideoMamba kernels
+    from gemma3.preflight import check_world_size
+
+    check_world_size(train_args, train_args.world_size)  # before anything heavy
     family = family_for_checkpoint(model_args.model_id, model_args.model_family)
     logger.info("Model family: %s (%s)", family.name, family.kind)
     model, processor, processing, plugin, template = setup(family, model_args, data_args, train_args)
