@@ -64,11 +64,15 @@ def text_config_of(config: PreTrainedConfig) -> PreTrainedConfig:
     return config.get_text_config(decoder=True)
 
 
-def build_text_backbone(text_config: PreTrainedConfig) -> PreTrainedModel:
+def build_text_backbone(text_config: PreTrainedConfig, on_meta: bool = False) -> PreTrainedModel:
     """Fresh (randomly initialised) causal LM for a text config, in torch's default dtype like the encoders beside
     it (a published config says ``bfloat16``; built as such, its matmuls are ~50x slower on CPUs without bf16
-    units and the model would mix dtypes)."""
+    units and the model would mix dtypes). ``on_meta``: a placeholder on the meta device, built by the class itself
+    (``from_config`` would, under ZeRO-3, partition it and try to initialise its weights)."""
     backbone_spec(text_config)  # validates the family
+    if on_meta:
+        with torch.device("meta"):
+            return AutoModelForCausalLM._model_mapping[type(text_config)](text_config)
     return AutoModelForCausalLM.from_config(text_config, dtype=torch.get_default_dtype())
 
 

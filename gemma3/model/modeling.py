@@ -57,11 +57,7 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
                 f"({config.num_keyframes} = num_frames {config.num_frames} / chunk {config.keyframe_chunk_size} "
                 f"x {config.keyframes_per_chunk})"
             )
-        if meta_language_model:
-            with torch.device("meta"):
-                self.language_model = backbones.build_text_backbone(config.text_config)
-        else:
-            self.language_model = backbones.build_text_backbone(config.text_config)
+        self.language_model = backbones.build_text_backbone(config.text_config, on_meta=meta_language_model)
         hidden = config.text_config.hidden_size
         proj: ProjectorConfig = config.projector_config
         self.image_encoder = None

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import socket
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -51,6 +52,20 @@ def ensure_distributed_env(deepspeed: str | None) -> None:
     os.environ.update(
         {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     )
+
+
+def init_distributed(train_args: TrainingArguments) -> None:
+    """Start DeepSpeed's process group before the model is built: under ZeRO-3 the weights are partitioned while
+    they load (``zero.Init``), which needs the real world size (without this, under ``use_cpu`` it sees 1 rank and
+    rejects the batch numbers)."""
+    if train_args.deepspeed in (None, "", "None", "none"):
+        return
+    import deepspeed
+
+    if deepspeed.comm.is_initialized():
+        return
+
+    deepspeed.init_distributed(dist_backend="gloo" if train_args.use_cpu or not torch.cuda.is_available() else "nccl")
 
 
 def component_flags(
@@ -200,6 +215,44 @@ def resolve_resume(train_args: TrainingArguments) -> str | None:
     return resume
 
 
+def zero_checkpoint_world_size(checkpoint: str | Path) -> int | None:
+    """How many ranks wrote a DeepSpeed ZeRO checkpoint (its optimizer-state shards); None when it has none."""
+    tag = Path(checkpoint) / "latest"
+    if not tag.is_file():
+        return None
+    return len(list((Path(checkpoint) / tag.read_text().strip()).glob("*zero_pp_rank_*_optim_states.pt"))) or None
+
+
+def reshard(checkpoint: str | Path, train_args: TrainingArguments) -> None:
+    """Resume a ZeRO checkpoint written by another number of ranks: convert it once to DeepSpeed's universal format
+    (``deepspeed.checkpoint.ds_to_universal``, next to the original) and load that. Runs before the model is built;
+    a checkpoint that cannot be converted stops the run with one clear error."""
+    saved, world = zero_checkpoint_world_size(checkpoint), train_args.world_size
+    if saved is None or saved == world:
+        return
+    ckpt = Path(checkpoint)
+    if train_args.deepspeed in (None, "", "None", "none"):
+        raise ValueError(f"{ckpt} was written by DeepSpeed ZeRO on {saved} ranks; resume it with --deepspeed")
+    tag = (ckpt / "latest").read_text().strip()
+    if not (ckpt / "latest_universal").is_file():
+        if train_args.should_save:
+            cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(ckpt / tag),
+                   "--output_folder", str(ckpt / f"{tag}_universal"), "--num_extract_workers", "1",
+                   "--num_merge_workers", "1", "--inject_missing_state"]  # fmt: skip
+            logger.warning("%s was written by %d ranks, this run has %d: converting it to a universal checkpoint",
+                           ckpt, saved, world)  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0 or not (ckpt / "latest_universal").is_file():
+                raise RuntimeError(
+                    f"{ckpt}: written by {saved} ranks, this run has {world}, and converting it to DeepSpeed's "
+                    f"universal format failed:\n{proc.stderr[-2000:]}\nResume with {saved} ranks instead."
+                )
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+    train_args.hf_deepspeed_config.config.setdefault("checkpoint", {})["load_universal"] = True
+    logger.info("Resuming %s (%d ranks) on %d ranks from its universal checkpoint", ckpt, saved, world)
+
+
 FINAL_STAGING = ".final-staging"
 
 
@@ -234,6 +287,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
     from gemma3.preflight import check_world_size
 
     check_world_size(train_args, train_args.world_size)  # before anything heavy
+    init_distributed(train_args)
+    resume = resolve_resume(train_args)
+    if resume:
+        reshard(resume, train_args)
     family = family_for_checkpoint(model_args.model_id, model_args.model_family)
     logger.info("Model family: %s (%s)", family.name, family.kind)
     model, processor, processing, plugin, template = setup(family, model_args, data_args, train_args)
@@ -254,7 +311,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         "components": flags,
         "training": json.loads(train_args.to_json_string()),
     }
-    (out / "hyperparameters.json").write_text(json.dumps(hparams, indent=2, default=str))
+    if train_args.should_save:
+        (out / "hyperparameters.json").write_text(json.dumps(hparams, indent=2, default=str))
 
     def save_processing(folder: str) -> None:
         processor.save_pretrained(folder)
@@ -278,7 +336,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         extra_save=save_processing,
         callbacks=[LossPlotCallback()] if train_args.plot_loss else None,
     )
-    result = trainer.train(resume_from_checkpoint=resolve_resume(train_args))
+    result = trainer.train(resume_from_checkpoint=resume)
     save_final(trainer, out)
     trainer.save_state()
     stats = getattr(train_ds, "stats", None)

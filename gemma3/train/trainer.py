@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -18,6 +19,30 @@ from gemma3.model.builder import TRAINABLES_FILE, load_trainables, save_trainabl
 logger = logging.getLogger(__name__)
 
 STAGING_DIR = ".checkpoint-staging"  # never matches `checkpoint-N`, so resume never picks a half-written one
+
+
+def saved_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters a compact save writes: trainable ones and those of encoders without a checkpoint."""
+    from gemma3.model.builder import unsourced_components
+    from gemma3.model.modeling import component_of
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    keep = set(unsourced_components(base))
+    return [p for n, p in model.named_parameters() if p.requires_grad or component_of(n) in keep]
+
+
+@contextlib.contextmanager
+def gathered(params: list[torch.nn.Parameter]) -> Iterator[None]:
+    """Full tensors of ZeRO-3-partitioned ``params`` inside the block (a collective: every rank enters); a no-op
+    for parameters that are not partitioned."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None):
+        yield
 
 
 def is_peft_model(model: torch.nn.Module) -> bool:
@@ -82,19 +107,24 @@ class VideoGemmaTrainer(Trainer):
 
     # ---- saving ----
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Called on every rank. Under ZeRO-3 the tensors written are gathered first (a collective), and only the
+        writing rank writes; a full-model save uses the consolidated ``state_dict`` the Trainer gathered."""
         output_dir = output_dir or self.args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        if is_peft_model(model):
-            model.save_pretrained(output_dir)  # adapter only
-            save_trainables(model, output_dir)
-            base = model.get_base_model()
-            base.config.save_pretrained(output_dir)
-        elif self.save_full_model:
-            model.save_pretrained(output_dir, state_dict=state_dict)
-        else:
-            save_trainables(model, output_dir)
-            model.config.save_pretrained(output_dir)
+        full = self.save_full_model and not is_peft_model(model)
+        with gathered(saved_parameters(model) if not full else []):
+            if not self.args.should_save:
+                return
+            os.makedirs(output_dir, exist_ok=True)
+            if is_peft_model(model):
+                model.save_pretrained(output_dir)  # adapter only
+                save_trainables(model, output_dir)
+                model.get_base_model().config.save_pretrained(output_dir)
+            elif full:
+                model.save_pretrained(output_dir, state_dict=state_dict)
+            else:
+                save_trainables(model, output_dir)
+                model.config.save_pretrained(output_dir)
         if self.extra_save is not None:
             self.extra_save(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
