@@ -257,8 +257,18 @@ def _strip_peft(name: str) -> str:
     return name.replace(".base_layer.", ".")
 
 
-def _rebuild_base(config: VideoGemmaConfig, dtype: torch.dtype) -> VideoGemmaForCausalLM:
-    sources = getattr(config, "sources", None) or {}
+def resolve_sources(config: VideoGemmaConfig, folder: str | Path) -> dict:
+    """The config's model sources, with relative ones (an export's ``language_model`` / ``image_encoder``
+    subfolders) resolved against the model folder."""
+    out = {}
+    for key, value in (getattr(config, "sources", None) or {}).items():
+        local = Path(folder) / value if value else None
+        out[key] = str(local) if local is not None and not Path(value).is_absolute() and local.exists() else value
+    return out
+
+
+def _rebuild_base(config: VideoGemmaConfig, dtype: torch.dtype, folder: str | Path = ".") -> VideoGemmaForCausalLM:
+    sources = resolve_sources(config, folder)
     if not sources.get("llm"):
         raise ValueError("The saved config records no model sources; cannot rebuild the base model")
     model, _ = build_model(
@@ -281,7 +291,7 @@ def _rebuild_base(config: VideoGemmaConfig, dtype: torch.dtype) -> VideoGemmaFor
 
 def tokenizer_source(path: str | Path, config: VideoGemmaConfig) -> str:
     """Where a saved custom model's tokenizer lives: its own folder when it was saved there, else the LLM source."""
-    return str(path) if (Path(path) / "tokenizer_config.json").exists() else config.sources["llm"]
+    return str(path) if (Path(path) / "tokenizer_config.json").exists() else resolve_sources(config, path)["llm"]
 
 
 def load_model(
@@ -296,7 +306,7 @@ def load_model(
     if has_full:
         model = VideoGemmaForCausalLM.from_pretrained(path, dtype=dtype)
     else:
-        model = _rebuild_base(config, dtype)
+        model = _rebuild_base(config, dtype, path)
     if (path / ADAPTER_CONFIG).exists():
         from peft import PeftModel
 
