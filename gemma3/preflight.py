@@ -265,6 +265,21 @@ def plan(model_args, data_args, train_args, num_gpus: int = 1, num_nodes: int = 
     )
 
 
+def check_fits(model_args, data_args, train_args, gpu_bytes: int, samples: int = 2) -> Plan:
+    """Training's own check before anything heavy loads (on CUDA, with the device's memory): the preflight plan for
+    this rank's share, and one clear error when it does not fit."""
+    world = max(1, int(getattr(train_args, "world_size", 1) or 1))
+    result = plan(model_args, data_args, train_args, num_gpus=world, samples=samples, gpu_memory=gpu_bytes / GiB)
+    if not result.fits:
+        parts = ", ".join(f"{k} {v / GiB:.1f}" for k, v in result.memory.items())
+        raise MemoryError(
+            f"this run needs about {result.total_memory / GiB:.1f} GiB per GPU ({parts}) "
+            f"but the GPU has {gpu_bytes / GiB:.1f} GiB; see `python -m gemma3.preflight` (LoRA, a smaller batch, "
+            "gradient checkpointing, ZeRO-3 or more GPUs)"
+        )
+    return result
+
+
 def render(p: Plan) -> str:
     """The plan as a human-readable report."""
     m = lambda n: f"{n / 1e6:,.1f}M"  # noqa: E731

@@ -142,3 +142,13 @@ def test_zero3_shards_weights_and_batch_checks():
     preflight.check_world_size(args, 4)
     with pytest.raises(ValueError, match="train_batch_size=16 .* 3 ranks = 12"):
         preflight.check_world_size(args, 3)
+
+
+def test_training_refuses_a_run_that_does_not_fit_before_loading(assets, tmp_path):
+    """What `train` runs first on CUDA, given the device's memory: one clear error, nothing written."""
+    llm, clip, vm, data = assets
+    args = parse_args(custom_train_args(llm, clip, vm, data, tmp_path / "out", use_lora=True))
+    with pytest.raises(MemoryError, match="needs about .* GiB per GPU .* but the GPU has 0.0 GiB"):
+        preflight.check_fits(*args, gpu_bytes=1024**2)
+    assert preflight.check_fits(*args, gpu_bytes=80 * 1024**3).fits
+    assert not (tmp_path / "out").exists()

@@ -287,6 +287,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
     from gemma3.preflight import check_world_size
 
     check_world_size(train_args, train_args.world_size)  # before anything heavy
+    if torch.cuda.is_available() and not train_args.use_cpu and model_args.bits == 16:
+        from gemma3.preflight import check_fits
+
+        check_fits(model_args, data_args, train_args, torch.cuda.mem_get_info()[1])
     init_distributed(train_args)
     resume = resolve_resume(train_args)
     if resume:
