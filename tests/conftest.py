@@ -28,3 +28,13 @@ def gemma270m_dir():
     from gemma3.offline_models import gemma3_270m_path
 
     return gemma3_270m_path()
+
+
+# The longest files first: with two xdist workers taking whole files, a long file started last leaves one worker
+# idle at the end. Same order in every worker (the scheduler requires it).
+LONG_FIRST = ("test_rehearsal.py", "test_two_ranks.py", "test_lmms_eval.py", "test_pipeline.py", "test_export.py")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))
