@@ -58,6 +58,8 @@ MEGATRON_GEMMA3_VL_NAMES = (
     "multi_modal_projector.mm_soft_emb_norm.weight",
 )
 MEGATRON_VISION_PREFIXES = ("vision_tower.vision_model.", "vision_tower.")
+MEGATRON_ARCHITECTURE = "Gemma3ForConditionalGeneration"  # the class its Gemma 3 VL bridge is registered for
+MEGATRON_CONFIG = {"model_type": "gemma3"}
 # Its projector's fixed geometry (Gemma3VLMultimodalProjectorConfig defaults): 896 px, 14 px patches, 256 tokens.
 MEGATRON_GEOMETRY = {"image_size": 896, "patch_size": 14, "mm_tokens_per_image": 256}
 
@@ -86,10 +88,11 @@ def megatron_bridge_problems(folder: str | Path) -> list[str]:
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     problems = []
-    if "Gemma3ForConditionalGeneration" not in (config.get("architectures") or []):
-        problems.append(f"architectures is {config.get('architectures')}, not ['Gemma3ForConditionalGeneration']")
-    if config.get("model_type") != "gemma3":
-        problems.append(f"model_type is {config.get('model_type')!r}, not 'gemma3'")
+    if MEGATRON_ARCHITECTURE not in (config.get("architectures") or []):
+        problems.append(f"architectures is {config.get('architectures')}, not ['{MEGATRON_ARCHITECTURE}']")
+    for key, want in MEGATRON_CONFIG.items():
+        if config.get(key) != want:
+            problems.append(f"{key} is {config.get(key)!r}, not {want!r}")
     for key in ("text_config", "vision_config", "mm_tokens_per_image"):
         if key not in config:
             problems.append(f"config.json has no {key}")
@@ -164,7 +167,7 @@ def export_native_hf(model_path: str | Path, output: Path, dtype: torch.dtype, f
     if (Path(model_path) / PROCESSING_FILE).exists():
         shutil.copy(Path(model_path) / PROCESSING_FILE, output / PROCESSING_FILE)
     info = {"format": "hf", "family": family.name, "class": type(model).__name__, "dtype": str(dtype)}
-    if family.name == "gemma3":
+    if type(model).__name__ == MEGATRON_ARCHITECTURE:
         info["renamed_for_megatron_bridge"] = to_megatron_names(output)
         problems = megatron_bridge_problems(output)
         info["megatron_bridge_problems"] = problems
@@ -209,7 +212,7 @@ def export(model_path: str | Path, to: str, output: str | Path, dtype: str = "bf
            for_megatron: bool = False) -> dict:  # fmt: skip
     """Export ``model_path`` (a training output, or any model the project loads) to ``output``; returns the
     manifest (also written to ``output/export_manifest.json``)."""
-    from gemma3.families import family_for_checkpoint
+    from gemma3.families import CUSTOM, family_for_checkpoint
 
     if to not in TARGETS:
         raise ValueError(f"--to {to}: not built yet; available: {TARGETS}")
@@ -218,7 +221,7 @@ def export(model_path: str | Path, to: str, output: str | Path, dtype: str = "bf
         raise FileExistsError(f"{output} exists and is not empty; choose a new folder")
     family = family_for_checkpoint(model_path)
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
-    if family.kind == "custom":
+    if family is CUSTOM:
         if for_megatron:
             raise ValueError("Megatron Bridge imports the native Gemma 3 VLM, not the custom VideoMamba model")
         info = export_custom_hf(model_path, output, torch_dtype)
