@@ -211,6 +211,16 @@ def unsourced_components(model: torch.nn.Module) -> list[str]:
     return out
 
 
+def saved_parameter_names(model: torch.nn.Module) -> list[str]:
+    """The parameters a compact save writes (adapters included): trainable ones, and those of encoders without a
+    checkpoint to rebuild them from."""
+    from gemma3.model.modeling import component_of
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    keep = set(unsourced_components(base))
+    return [n for n, p in model.named_parameters() if p.requires_grad or component_of(n) in keep]
+
+
 def save_trainables(model: torch.nn.Module, out_dir: str | Path, names: list[str] | None = None) -> Path | None:
     """Write the non-LoRA tensors a reload needs to ``non_lora_trainables.safetensors``: the trainable ones
     (projectors, unfrozen encoders) and those of encoders that have no checkpoint to rebuild them from. Nothing is
@@ -218,16 +228,13 @@ def save_trainables(model: torch.nn.Module, out_dir: str | Path, names: list[str
 
     Names are stored without PEFT's ``base_model.model.`` prefix so they load into a plain model too.
     """
-    from gemma3.model.modeling import component_of
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    keep = set(unsourced_components(base))
+    wanted = set(names) if names is not None else set(saved_parameter_names(model))
     state = {}
     for name, p in model.named_parameters():
-        wanted = p.requires_grad or component_of(name) in keep
-        if (names is not None and name not in names) or (names is None and not wanted):
+        if name not in wanted:
             continue
         if "lora_" in name or "modules_to_save" in name:
             continue

@@ -14,21 +14,11 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from gemma3.model.builder import TRAINABLES_FILE, load_trainables, save_trainables
+from gemma3.model.builder import TRAINABLES_FILE, load_trainables, save_trainables, saved_parameter_names
 
 logger = logging.getLogger(__name__)
 
 STAGING_DIR = ".checkpoint-staging"  # never matches `checkpoint-N`, so resume never picks a half-written one
-
-
-def saved_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
-    """The parameters a compact save writes: trainable ones and those of encoders without a checkpoint."""
-    from gemma3.model.builder import unsourced_components
-    from gemma3.model.modeling import component_of
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    keep = set(unsourced_components(base))
-    return [p for n, p in model.named_parameters() if p.requires_grad or component_of(n) in keep]
 
 
 @contextlib.contextmanager
@@ -112,7 +102,8 @@ class VideoGemmaTrainer(Trainer):
         output_dir = output_dir or self.args.output_dir
         model = self.accelerator.unwrap_model(self.model)
         full = self.save_full_model and not is_peft_model(model)
-        with gathered(saved_parameters(model) if not full else []):
+        params = dict(model.named_parameters())
+        with gathered([params[n] for n in saved_parameter_names(model)] if not full else []):
             if not self.args.should_save:
                 return
             os.makedirs(output_dir, exist_ok=True)
