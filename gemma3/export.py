@@ -15,7 +15,13 @@
   those subfolders, so `gemma3.model.builder.load_model(DIR)` rebuilds the same model. ``export_manifest.json``
   lists the pieces.
 
-``--to gguf`` and ``--to onnx`` are not built yet (issue #19).
+``--to gguf`` (`gemma3.export_gguf`): the merged Gemma 3 text backbone (custom or native output) as
+``model-{f16,q8_0,f32}.gguf`` for llama.cpp, refused with the reasons where llama.cpp would run it differently.
+
+``--to onnx`` (`gemma3.export_onnx`): the vision path of a custom output (CLIP tower, VideoMamba, projectors).
+
+Nothing is written to ``--output`` until the export has finished: it is built in a temporary folder beside it and
+renamed.
 """
 
 from __future__ import annotations
@@ -26,13 +32,14 @@ import json
 import logging
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("hf",)
+TARGETS = ("hf", "gguf", "onnx")
 MANIFEST = "export_manifest.json"
 
 # Megatron Bridge 0.6.0's Gemma 3 VL mapping (src/megatron/bridge/models/gemma_vl/gemma3_vl_bridge.py, commit
@@ -208,27 +215,74 @@ def export_custom_hf(model_path: str | Path, output: Path, dtype: torch.dtype) -
             "language_model_class": type(model.language_model).__name__}  # fmt: skip
 
 
+def export_gguf(model_path: str | Path, output: Path, family, gguf_type: str) -> dict:
+    """The merged text backbone as ``output/model-{gguf_type}.gguf`` (checked before any weight is loaded). A
+    plain causal-LM folder (the custom model's language model before training) exports as it is."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from gemma3.export_gguf import llama_cpp_problems, write_gguf
+    from gemma3.families import CUSTOM
+
+    plain = AutoConfig.from_pretrained(model_path)
+    config = plain if plain.model_type.endswith("_text") else family.load_config_and_processor(model_path)[0]
+    problems = llama_cpp_problems(config.get_text_config())
+    if problems:
+        raise ValueError(f"{model_path}: llama.cpp would not run this language model as trained: {'; '.join(problems)}")
+    if config is plain:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    elif family is CUSTOM:
+        from gemma3.model.builder import load_model
+
+        model, tokenizer = load_model(model_path, dtype=torch.float32, merge_lora=True)
+    else:
+        model, processor = family.load(model_path, dtype=torch.float32)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        tokenizer = getattr(processor, "tokenizer", processor)
+    output.mkdir(parents=True, exist_ok=True)
+    name = f"model-{gguf_type}.gguf"
+    info = write_gguf(model, tokenizer, output / name, gguf_type, name=Path(model_path).name)
+    return {"format": "gguf", "family": family.name, "file": name, **info}
+
+
 def export(model_path: str | Path, to: str, output: str | Path, dtype: str = "bfloat16",
-           for_megatron: bool = False) -> dict:  # fmt: skip
+           for_megatron: bool = False, gguf_type: str = "f16") -> dict:  # fmt: skip
     """Export ``model_path`` (a training output, or any model the project loads) to ``output``; returns the
-    manifest (also written to ``output/export_manifest.json``)."""
+    manifest (also written to ``output/export_manifest.json``). The export is built in a temporary folder beside
+    ``output`` and renamed when it is complete, so a failed export leaves nothing behind."""
     from gemma3.families import CUSTOM, family_for_checkpoint
 
     if to not in TARGETS:
-        raise ValueError(f"--to {to}: not built yet; available: {TARGETS}")
+        raise ValueError(f"--to {to}: choose one of {TARGETS}")
     output = Path(output)
-    if output.exists() and any(output.iterdir()):
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise FileExistsError(f"{output} exists and is not empty; choose a new folder")
     family = family_for_checkpoint(model_path)
+    if for_megatron and (to != "hf" or family is CUSTOM):
+        raise ValueError("Megatron Bridge imports the native Gemma 3 VLM as an HF folder (--to hf on a native output)")
     torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[dtype]
-    if family is CUSTOM:
-        if for_megatron:
-            raise ValueError("Megatron Bridge imports the native Gemma 3 VLM, not the custom VideoMamba model")
-        info = export_custom_hf(model_path, output, torch_dtype)
-    else:
-        info = export_native_hf(model_path, output, torch_dtype, family, for_megatron)
-    info["source"] = str(model_path)
-    (output / MANIFEST).write_text(json.dumps(info, indent=2))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        if to == "gguf":
+            info = export_gguf(model_path, staging, family, gguf_type)
+        elif to == "onnx":
+            from gemma3.export_onnx import export_onnx
+
+            info = export_onnx(model_path, staging, family)
+        elif family is CUSTOM:
+            info = export_custom_hf(model_path, staging, torch_dtype)
+        else:
+            info = export_native_hf(model_path, staging, torch_dtype, family, for_megatron)
+        info["source"] = str(model_path)
+        (staging / MANIFEST).write_text(json.dumps(info, indent=2))
+        staging.chmod(0o755)  # mkdtemp makes it private
+        if output.exists():
+            output.rmdir()  # empty (checked above)
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported %s -> %s (%s)", model_path, output, info)
     return info
 
@@ -240,10 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", required=True)
     ap.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"))
     ap.add_argument("--for", dest="for_", default=None, choices=("megatron_bridge",))
+    ap.add_argument("--gguf_type", default="f16", choices=("f16", "q8_0", "f32"), help="weight type of --to gguf")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        export(args.model_path, args.to, args.output, args.dtype, for_megatron=args.for_ == "megatron_bridge")
+        export(args.model_path, args.to, args.output, args.dtype, for_megatron=args.for_ == "megatron_bridge",
+               gguf_type=args.gguf_type)  # fmt: skip
     except (ValueError, FileExistsError, FileNotFoundError) as err:
         logger.error("%s", err)
         return 1

@@ -32,7 +32,14 @@ def gemma270m_dir():
 
 # The longest files first: with two xdist workers taking whole files, a long file started last leaves one worker
 # idle at the end. Same order in every worker (the scheduler requires it).
-LONG_FIRST = ("test_rehearsal.py", "test_two_ranks.py", "test_lmms_eval.py", "test_pipeline.py", "test_export.py")
+LONG_FIRST = (
+    "test_rehearsal.py",
+    "test_two_ranks.py",
+    "test_lmms_eval.py",
+    "test_pipeline.py",
+    "test_export.py",
+    "test_export_gguf.py",
+)
 
 
 def pytest_collection_modifyitems(config, items) -> None:

@@ -1,16 +1,19 @@
-"""`python -m gemma3.export --to hf`: native adapters merged into the stock class (and checked against Megatron
-Bridge's Gemma 3 VL mapping), custom outputs as a standalone causal LM + encoders that reload to the same model."""
+"""`python -m gemma3.export`: native adapters merged into the stock class (and checked against Megatron Bridge's
+Gemma 3 VL mapping); custom outputs as a standalone causal LM + encoders that reload to the same model, as GGUF
+(the merged language model, re-imported) and as ONNX vision graphs (checked with onnxruntime)."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
-from tiny_checkpoints import custom_train_args, make_custom_assets
+from tiny_checkpoints import custom_train_args, make_dataset, make_encoder_configs, make_llm
 from tiny_native import make_native
 
 from gemma3.export import MEGATRON_GEOMETRY, export, main, megatron_bridge_problems
+from gemma3.export_gguf import llama_cpp_layer_types
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +80,28 @@ def test_megatron_bridge_names_and_geometry(native_adapter, tmp_path):
     assert len(megatron_bridge_problems(f.parent)) == len(MEGATRON_GEOMETRY)
 
 
-def test_custom_output_exports_to_a_causal_lm_and_encoders_that_reload(tmp_path, gemma270m_dir):
+@pytest.fixture(scope="module")
+def custom_output(tmp_path_factory, gemma270m_dir):
+    """A LoRA finetune output of the tiny custom model whose language model llama.cpp can run as trained (every
+    layer sliding, as its fixed 1-in-6 pattern makes a 2-layer model; queries scaled by 1/sqrt(head_dim))."""
+    from gemma3.train import train as T
+
+    root = tmp_path_factory.mktemp("export_custom")
+    llm = make_llm(root, gemma270m_dir, name="tiny-gemma3-llamacpp", layer_types=llama_cpp_layer_types(2),
+                   query_pre_attn_scalar=16)  # fmt: skip
+    clip, vm = make_encoder_configs(root)
+    data = make_dataset(root, n=4)
+    out = root / "out"
+    T.main(custom_train_args(llm, clip, vm, data, out, stage="finetune", use_lora=True, max_steps=2))
+    return out
+
+
+def test_custom_output_exports_to_a_causal_lm_and_encoders_that_reload(tmp_path, custom_output):
     from transformers import AutoModelForCausalLM
 
     from gemma3.model.builder import load_model
-    from gemma3.train import train as T
 
-    llm, clip, vm, data = make_custom_assets(tmp_path, gemma270m_dir)
-    out = tmp_path / "out"
-    T.main(custom_train_args(llm, clip, vm, data, out, stage="finetune", use_lora=True, max_steps=2))
+    out = custom_output
     assert main(["--model_path", str(out), "--to", "hf", "--output", str(tmp_path / "hf"), "--dtype", "float32"]) == 0
     manifest = json.loads((tmp_path / "hf" / "export_manifest.json").read_text())
     assert manifest["language_model"] == "language_model" and manifest["family"] == "video_gemma"
@@ -99,6 +115,87 @@ def test_custom_output_exports_to_a_causal_lm_and_encoders_that_reload(tmp_path,
         torch.testing.assert_close(exported.get_video_features(video), trained.get_video_features(video))
         standalone = AutoModelForCausalLM.from_pretrained(tmp_path / "hf" / "language_model")
         torch.testing.assert_close(standalone(input_ids=ids).logits, exported.language_model(input_ids=ids).logits)
-    # A non-empty output folder and a target not built yet are refused with a message, nothing overwritten.
+    # A non-empty output folder is refused with a message, nothing overwritten.
     assert main(["--model_path", str(out), "--to", "hf", "--output", str(tmp_path / "hf")]) == 1
-    assert main(["--model_path", str(out), "--to", "onnx", "--output", str(tmp_path / "onnx")]) == 1
+    assert json.loads((tmp_path / "hf" / "export_manifest.json").read_text()) == manifest
+
+
+def test_custom_language_model_to_gguf_q8_0_reimports_with_the_merged_logits(tmp_path, custom_output):
+    from gemma3.export_gguf import read_gguf
+    from gemma3.model.builder import load_model
+
+    target = tmp_path / "gguf"
+    assert (
+        main(["--model_path", str(custom_output), "--to", "gguf", "--gguf_type", "q8_0", "--output", str(target)]) == 0
+    )
+    manifest = json.loads((target / "export_manifest.json").read_text())
+    assert manifest["file"] == "model-q8_0.gguf" and manifest["tensors"]["Q8_0"] > 0 and manifest["tied_output"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gguf"]  # the staging folder was renamed, none left
+    merged, tokenizer = load_model(custom_output, merge_lora=True)
+    reread, _ = read_gguf(target / "model-q8_0.gguf", with_tokenizer=False)
+    ids = tokenizer("The knees cave inward at the bottom of the squat", return_tensors="pt").input_ids
+    with torch.no_grad():
+        want = merged.language_model(input_ids=ids).logits
+        got = reread(input_ids=ids).logits
+    # 8-bit weights with one scale per 32 values: within 3% of the logits' range, same ranking of the top token.
+    assert (got - want).abs().max() <= 0.03 * want.abs().max()
+    assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.9
+
+
+def test_gguf_refuses_what_llama_cpp_would_run_differently(tmp_path, gemma270m_dir):
+    """The stock tiny model (a full-attention layer where llama.cpp's pattern has a sliding one, queries scaled by
+    1/sqrt(256) with 16-wide heads) is refused before anything is written; Gemma 3n / 4 backbones too."""
+    from tiny_models import tiny_text_config
+
+    from gemma3.export_gguf import llama_cpp_problems, write_gguf
+
+    problems = llama_cpp_problems(tiny_text_config("gemma3"))
+    assert any("layer_types" in p for p in problems) and any("query_pre_attn_scalar" in p for p in problems)
+    for family in ("gemma3n", "gemma4"):
+        assert "gemma3_text" in llama_cpp_problems(tiny_text_config(family))[0]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    llm = make_llm(tmp_path, gemma270m_dir)
+    with pytest.raises(ValueError, match="query_pre_attn_scalar"):
+        write_gguf(AutoModelForCausalLM.from_pretrained(llm), AutoTokenizer.from_pretrained(llm), tmp_path / "x.gguf")
+    assert not (tmp_path / "x.gguf").exists()
+    target = tmp_path / "refused"
+    assert main(["--model_path", str(llm), "--to", "gguf", "--output", str(target)]) == 1
+    assert not target.exists() and not any(p.name.startswith(".refused") for p in tmp_path.iterdir())
+
+
+def test_vision_path_to_onnx_matches_pytorch_on_real_clips(tmp_path, custom_output):
+    """Every graph with a batch it was not exported with, on frames decoded from the test videos."""
+    import onnx
+
+    from gemma3.export_onnx import OnnxVision
+    from gemma3.model.builder import load_model
+    from gemma3.model.encoders import clip_to_imagenet
+    from mm_utils import preprocess_frames, read_video
+
+    target = tmp_path / "onnx"
+    assert main(["--model_path", str(custom_output), "--to", "onnx", "--output", str(target)]) == 0
+    manifest = json.loads((target / "export_manifest.json").read_text())
+    assert set(manifest["graphs"]) == {"clip_encoder", "image_projector", "video_encoder", "video_projector",
+                                       "video_features"}  # fmt: skip
+    model, _ = load_model(custom_output)
+    model.eval()
+    videos = sorted((custom_output.parent / "videos").glob("*.mp4"))[:3]
+    frames = torch.stack([preprocess_frames(read_video(v, 4).frames, 32) for v in videos])  # [3, 4, 3, 32, 32]
+    ort = OnnxVision(target)
+    key_frames = frames[:, :2]  # [3, K=2, 3, 32, 32]
+    with torch.no_grad():
+        want_video = model.get_video_features(frames)
+        want_image = model.get_image_features(frames[:, 0])
+        want_mamba = model.video_encoder(clip_to_imagenet(key_frames))
+    got_video = ort.video_features(frames.numpy())
+    assert got_video.shape == tuple(want_video.shape)
+    np.testing.assert_allclose(got_video, want_video.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ort.image_features(frames[:, 0].numpy()), want_image.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ort.run("video_encoder", key_frames.numpy()), want_mamba.numpy(), atol=1e-4, rtol=0)
+    # The bidirectional scan is a loop in the graph (one Scan per direction group per layer), not unrolled steps.
+    graph = onnx.load(str(target / "video_encoder.onnx"))
+    ops = [n.op_type for n in graph.graph.node] + [n.op_type for f in graph.functions for n in f.node]
+    assert ops.count("Scan") == model.config.video_config.depth, ops.count("Scan")
+    with pytest.raises(KeyError, match="no nope.onnx"):
+        ort.run("nope", frames.numpy())

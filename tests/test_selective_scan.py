@@ -9,6 +9,7 @@ from gemma3.model.selective_scan import (
     causal_conv1d,
     cuda_kernels_available,
     selective_scan,
+    selective_scan_graph,
     selective_scan_reference,
     selective_scan_torch,
 )
@@ -55,6 +56,25 @@ def test_backward_direction_and_grouped_scan():
         delta_softplus=True,
     )
     torch.testing.assert_close(both, torch.cat([ref_f, ref_b], 1), rtol=1e-5, atol=1e-5)
+
+
+def test_graph_scan_matches_reference_and_is_what_export_traces():
+    """`selective_scan_graph` (torch's scan operator, exported as one ONNX Scan) equals the reference, grouped too;
+    `selective_scan` takes it while torch.export traces."""
+    x = _inputs(groups=2, d=8, seed=3)
+    kw = dict(D=torch.randn(8), z=torch.randn(2, 8, 37), delta_bias=0.1 * torch.randn(8), delta_softplus=True)
+    torch.testing.assert_close(
+        selective_scan_graph(**x, **kw), selective_scan_reference(**x, **kw), rtol=1e-5, atol=1e-5
+    )
+
+    class Scan(torch.nn.Module):
+        def forward(self, u):
+            return selective_scan(u, x["delta"], x["A"], x["B"], x["C"], **kw)
+
+    program = torch.export.export(Scan(), (x["u"],))
+    targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert any("scan" in t for t in targets), targets
+    torch.testing.assert_close(program.module()(x["u"]), selective_scan_reference(**x, **kw), rtol=1e-5, atol=1e-5)
 
 
 def test_gradients_match_reference():

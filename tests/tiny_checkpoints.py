@@ -25,13 +25,16 @@ VIDEOMAMBA_CFG = {"embed_dim": 32, "depth": 2, "patch_size": 8, "d_state": 4, "o
 CLASSES = ["moving left", "moving right"]
 
 
-def make_llm(root: Path, gemma270m_dir: Path, family: str = "gemma3") -> Path:
-    """A 2-layer Gemma text model with the real Gemma 3 tokenizer (262k vocabulary), saved as an HF folder."""
-    out = root / f"tiny-{family}"
+def make_llm(root: Path, gemma270m_dir: Path, family: str = "gemma3", name: str | None = None, **overrides) -> Path:
+    """A 2-layer Gemma text model with the real Gemma 3 tokenizer (262k vocabulary), saved as an HF folder;
+    ``overrides`` change its config (``name`` then names the folder)."""
+    out = root / (name or f"tiny-{family}")
     if out.exists():
         return out
     tok = AutoTokenizer.from_pretrained(gemma270m_dir)
     cfg = tiny_text_config(family, vocab_size=len(tok), hidden=32)
+    for key, value in overrides.items():
+        setattr(cfg, key, value)
     lm = backbones.build_text_backbone(cfg)
     lm.save_pretrained(out)
     tok.save_pretrained(out)

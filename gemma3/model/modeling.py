@@ -126,7 +126,8 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
             clip_tokens = self.image_encoder(pixel_values_videos.flatten(0, 1))  # [V*T, N, Dc]
             clip_tokens = clip_tokens.unflatten(0, (v, t))  # [V, T, N, Dc]
             keep = select_keyframes(clip_tokens, cfg.keyframe_chunk_size, cfg.keyframes_per_chunk)  # [V, K]
-            key_clip = torch.stack([clip_tokens[i, keep[i]] for i in range(v)])  # [V, K, N, Dc]
+            rows = torch.arange(v, device=keep.device)[:, None]  # [V, 1]
+            key_clip = clip_tokens[rows, keep]  # [V, K, N, Dc]
             k = keep.shape[1]
             clip_soft = self.image_projector(key_clip.flatten(0, 1)).unflatten(0, (v, k))  # [V, K, gi*gi, H]
         else:
@@ -134,7 +135,8 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
             keep = torch.linspace(0, t - 1, k, device=pixel_values_videos.device).round().long().expand(v, k)
             clip_soft = None
         if self.video_encoder is not None:
-            key_pixels = torch.stack([pixel_values_videos[i, keep[i]] for i in range(v)])  # [V, K, 3, S, S]
+            rows = torch.arange(v, device=keep.device)[:, None]  # [V, 1]
+            key_pixels = pixel_values_videos[rows, keep]  # [V, K, 3, S, S]
             dtype = next(self.video_encoder.parameters()).dtype
             mamba_tokens = self.video_encoder(clip_to_imagenet(key_pixels.float()).to(dtype))  # [V, K, gv*gv, Dv]
             video_soft = self.video_projector(mamba_tokens.flatten(0, 1)).unflatten(0, (v, k))  # [V, K, g*g, H]

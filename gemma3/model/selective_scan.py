@@ -239,10 +239,33 @@ def _selective_scan_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus
     return _finish(y.permute(1, 2, 0), u, D, z, dtype)
 
 
+def selective_scan_graph(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The recurrence as one ``torch scan`` over time (a higher-order op): what ``torch.export`` captures as a
+    single loop, and the ONNX exporter writes as one ONNX ``Scan`` node (dynamic batch and length), instead of a
+    graph unrolled over every timestep. Same shapes and results as `selective_scan_reference`."""
+    from torch._higher_order_ops.scan import scan
+
+    dtype = u.dtype
+    b, d, length = u.shape
+    dl_t, du_t, A_t, B_t, C_t, g = _time_major(u, delta, A, B, C, delta_bias, delta_softplus)
+
+    def step(h: torch.Tensor, xs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        dl, du, b_t, c_t = xs  # [B, G, 1, D/G] x2, [B, G, N, 1], [B, G, 1, N]
+        h = torch.exp(dl * A_t) * h + du * b_t  # [B, G, N, D/G]
+        return h, torch.matmul(c_t, h)  # y_t [B, G, 1, D/G]
+
+    h0 = u.new_zeros(b, g, A.shape[1], d // g, dtype=torch.float32)
+    _, y_t = scan(step, h0, (dl_t, du_t, B_t, C_t))  # [L, B, G, 1, D/G]
+    return _finish(y_t.reshape(length, b, d).permute(1, 2, 0), u, D, z, dtype)
+
+
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, use_cuda_kernels: bool = True
 ):
-    """Selective scan: the mamba_ssm CUDA kernel for CUDA tensors when it imports, else the PyTorch path."""
+    """Selective scan: the mamba_ssm CUDA kernel for CUDA tensors when it imports, `selective_scan_graph` while
+    ``torch.export`` traces the model (ONNX export), else the blocked PyTorch path."""
+    if torch.compiler.is_exporting():
+        return selective_scan_graph(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if use_cuda_kernels and u.is_cuda:
         fn = _cuda_scan_fn()
         if fn is not None:

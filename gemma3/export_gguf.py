@@ -1,0 +1,274 @@
+"""The (merged) Gemma 3 text backbone as a GGUF file for llama.cpp, and the reader that loads one back.
+
+What llama.cpp's ``gemma3`` architecture reads (its ``convert_hf_to_gguf.py`` and ``llama-model.cpp``):
+
+- keys ``gemma3.{context_length, embedding_length, block_count, feed_forward_length, attention.head_count,
+  attention.head_count_kv, attention.key_length, attention.value_length, attention.layer_norm_rms_epsilon,
+  attention.sliding_window, rope.freq_base}``, ``rope.scaling.*`` for linear RoPE scaling and
+  ``final_logit_softcapping`` when set; a SentencePiece-style vocabulary (``tokenizer.ggml.model = llama``) with
+  scores and token types;
+- tensors named by gguf-py's Gemma 3 table (``token_embd``, ``blk.N.attn_q`` ...), every RMSNorm weight stored as
+  ``1 + w`` (llama.cpp multiplies by the weight; transformers' Gemma norm multiplies by ``1 + w``), no Q/K permute,
+  the output head omitted when tied to the embedding.
+
+llama.cpp fixes some things the HF config can change, so `llama_cpp_problems` refuses a model it would run
+differently: the sliding / full layer pattern (every 6th layer full), RoPE base 10000 on sliding layers, the
+attention scale ``1/sqrt(head_dim)`` (``hidden/heads`` for the 62-layer 27B) and no attention soft-capping.
+
+Types: ``f32``, ``f16`` (2-D weights; norms and other 1-D tensors stay f32, as llama.cpp's converter keeps them)
+and ``q8_0`` (weights whose rows are a multiple of 32 values; others fall back to f16, as the converter does).
+
+Gemma 3n and Gemma 4 text backbones are refused: llama.cpp's ``gemma3n`` / ``gemma4`` layouts (per-layer
+embeddings, AltUp, LAuReL) are not written here, and this module has no reader to check them against.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+ARCH = "gemma3"
+GGUF_TYPES = ("f16", "q8_0", "f32")
+SWA_PATTERN = 6  # llama.cpp: hparams.set_swa_pattern(6) for gemma3 (layer i is full iff (i + 1) % 6 == 0)
+SWA_ROPE_BASE = 10000.0  # llama.cpp: rope_freq_base_train_swa = 10000 for gemma3
+LAYERS_27B = 62  # llama.cpp scales the 27B's queries by hidden/heads instead of head_dim
+# GGUF token types (llama.cpp's llama_token_type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+SPECIAL_SCORE = -1000.0  # what the converter gives control and user-defined pieces
+
+
+def _rope(config, layer_type: str) -> dict:
+    params = getattr(config, "rope_parameters", None) or {}
+    return dict(params.get(layer_type, params)) if isinstance(params, dict) else {}
+
+
+def llama_cpp_scale_scalar(config) -> int:
+    """The ``query_pre_attn_scalar`` llama.cpp's gemma3 graph implies (its attention scale is 1/sqrt of this)."""
+    if config.num_hidden_layers == LAYERS_27B:
+        return config.hidden_size // config.num_attention_heads  # llama.cpp divides integers too
+    return int(config.head_dim)
+
+
+def llama_cpp_layer_types(num_layers: int) -> list[str]:
+    return ["full_attention" if (i + 1) % SWA_PATTERN == 0 else "sliding_attention" for i in range(num_layers)]
+
+
+def llama_cpp_problems(config) -> list[str]:
+    """Why llama.cpp's ``gemma3`` architecture would run this text config differently; empty if it would not."""
+    if getattr(config, "model_type", None) != "gemma3_text":
+        return [f"the text backbone is {getattr(config, 'model_type', None)!r}; GGUF export covers Gemma 3 text "
+                "(gemma3_text) only"]  # fmt: skip
+    problems = []
+    want = llama_cpp_layer_types(config.num_hidden_layers)
+    if list(config.layer_types) != want:
+        problems.append(f"layer_types {config.layer_types} differ from llama.cpp's fixed pattern (every "
+                        f"{SWA_PATTERN}th layer full): {want}")  # fmt: skip
+    if not math.isclose(float(config.query_pre_attn_scalar), llama_cpp_scale_scalar(config)):
+        problems.append(f"query_pre_attn_scalar is {config.query_pre_attn_scalar}; llama.cpp scales queries by "
+                        f"1/sqrt({llama_cpp_scale_scalar(config):g})")  # fmt: skip
+    local = _rope(config, "sliding_attention")
+    if float(local.get("rope_theta", SWA_ROPE_BASE)) != SWA_ROPE_BASE or local.get("rope_type", "default") != "default":
+        problems.append(f"sliding layers use RoPE {local}; llama.cpp fixes base {SWA_ROPE_BASE:g}, no scaling")
+    if getattr(config, "attn_logit_softcapping", None):
+        problems.append("attn_logit_softcapping is set; llama.cpp's gemma3 graph has no attention soft-capping")
+    full = _rope(config, "full_attention")
+    if full.get("rope_type", "default") not in ("default", "linear"):
+        problems.append(f"full-attention RoPE type {full.get('rope_type')!r}; the converter writes linear scaling only")
+    if getattr(config, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
+        problems.append(f"hidden_activation {config.hidden_activation}; llama.cpp uses tanh-approximated GELU")
+    return problems
+
+
+def gguf_vocabulary(tokenizer) -> tuple[list[str], list[float], list[int]]:
+    """Tokens, scores and types as the converter writes a Gemma SentencePiece vocabulary: added special tokens are
+    CONTROL, other added tokens and runs of spaces (stored as real spaces) USER_DEFINED, ``<0xNN>`` BYTE; normal
+    pieces score ``-(their rank among normal pieces)`` (the merge priority), the others ``-1000`` (BYTE: 0)."""
+    vocab = tokenizer.get_vocab()
+    size = max(vocab.values()) + 1
+    tokens = [""] * size
+    for piece, i in vocab.items():
+        tokens[i] = piece
+    added = {i: tok for i, tok in tokenizer.added_tokens_decoder.items()}
+    types, scores, rank = [], [], 0
+    for i, piece in enumerate(tokens):
+        if i in added:
+            types.append(CONTROL if added[i].special else USER_DEFINED)
+        elif len(piece) >= 2 and set(piece) == {"\u2581"}:
+            tokens[i] = " " * len(piece)
+            types.append(USER_DEFINED)
+        elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            types.append(BYTE)
+        else:
+            types.append(NORMAL)
+        if types[-1] == NORMAL:
+            scores.append(-float(rank))
+            rank += 1
+        else:
+            scores.append(0.0 if types[-1] == BYTE else SPECIAL_SCORE)
+    return tokens, scores, types
+
+
+def text_backbone(model) -> tuple[object, dict[str, torch.Tensor]]:
+    """(text config, state dict named as ``Gemma3ForCausalLM`` names it) of a causal LM, a native Gemma 3 VLM or the
+    custom model's language model."""
+    if hasattr(model, "language_model") and not hasattr(model.language_model, "lm_head"):
+        # native VLM: model.model.language_model (Gemma3TextModel) + lm_head
+        config = model.config.get_text_config()
+        state = {f"model.{k}": v for k, v in model.model.language_model.state_dict().items()}
+        state["lm_head.weight"] = model.lm_head.weight
+        return config, state
+    lm = getattr(model, "language_model", model)
+    return lm.config, dict(lm.state_dict())
+
+
+def _tensor_type(name: str, array: np.ndarray, gguf_type: str):
+    import gguf
+
+    if array.ndim < 2 or gguf_type == "f32":
+        return gguf.GGMLQuantizationType.F32
+    if gguf_type == "q8_0":
+        block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]
+        if array.shape[-1] % block == 0:
+            return gguf.GGMLQuantizationType.Q8_0
+        logger.info("%s: rows of %d values are not a multiple of %d; kept as f16", name, array.shape[-1], block)
+    return gguf.GGMLQuantizationType.F16
+
+
+def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name: str | None = None,
+               chat_template: str | None = None) -> dict:  # fmt: skip
+    """Write ``model``'s Gemma 3 text backbone with ``tokenizer`` to ``path``; returns a summary."""
+    import gguf
+
+    if gguf_type not in GGUF_TYPES:
+        raise ValueError(f"GGUF type {gguf_type!r}: choose one of {GGUF_TYPES}")
+    config, state = text_backbone(model)
+    problems = llama_cpp_problems(config)
+    if problems:
+        raise ValueError("llama.cpp would not run this language model as trained: " + "; ".join(problems))
+    tied = bool(getattr(config, "tie_word_embeddings", True))
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, config.num_hidden_layers)
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type]  # fmt: skip
+
+    writer = gguf.GGUFWriter(str(path), ARCH)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name or "video-gemma export")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_key_length(config.head_dim)
+    writer.add_value_length(config.head_dim)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_sliding_window(config.sliding_window)
+    full = _rope(config, "full_attention")
+    writer.add_rope_freq_base(float(full.get("rope_theta", 10000.0)))
+    if full.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(full["factor"]))
+    if getattr(config, "final_logit_softcapping", None):
+        writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+    writer.add_file_type(file_type)
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+    tokens, scores, types = gguf_vocabulary(tokenizer)
+    if len(tokens) != config.vocab_size:
+        raise ValueError(f"the tokenizer has {len(tokens)} pieces, the model's vocab_size is {config.vocab_size}")
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    for key, add in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
+                     ("unk_token_id", writer.add_unk_token_id), ("pad_token_id", writer.add_pad_token_id)):  # fmt: skip
+        value = getattr(tokenizer, key, None)
+        if value is not None:
+            add(int(value))
+    writer.add_add_bos_token(True)
+    writer.add_add_sep_token(False)
+    writer.add_add_eos_token(False)
+    writer.add_add_space_prefix(False)
+    template = chat_template or getattr(tokenizer, "chat_template", None)
+    if template:
+        writer.add_chat_template(template)
+
+    counts: dict[str, int] = {}
+    for hf_name, tensor in state.items():
+        if hf_name == "lm_head.weight" and tied:
+            continue
+        base, suffix = hf_name.rsplit(".", 1)
+        gguf_name = names.get_name(base)
+        if gguf_name is None:
+            raise ValueError(f"{hf_name}: no GGUF name in gguf-py's Gemma 3 table")
+        data = tensor.detach().to(torch.float32)
+        if hf_name.endswith("norm.weight"):
+            data = data + 1.0  # llama.cpp multiplies by the stored weight, Gemma's RMSNorm by (1 + w)
+        array = data.numpy()
+        qtype = _tensor_type(hf_name, array, gguf_type)
+        if qtype == gguf.GGMLQuantizationType.F16:
+            array = array.astype(np.float16)
+        elif qtype != gguf.GGMLQuantizationType.F32:
+            array = gguf.quants.quantize(array, qtype)
+        writer.add_tensor(f"{gguf_name}.{suffix}", array, raw_dtype=qtype)
+        counts[qtype.name] = counts.get(qtype.name, 0) + 1
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file(progress=True)
+    writer.close()
+    return {"architecture": ARCH, "type": gguf_type, "tensors": counts, "tied_output": tied,
+            "layers": config.num_hidden_layers, "vocab_size": len(tokens)}  # fmt: skip
+
+
+def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, with_tokenizer: bool = True):
+    """Load a Gemma 3 GGUF file as ``Gemma3ForCausalLM`` (+ its tokenizer, or None), with the settings llama.cpp
+    implies and transformers' reader leaves at its defaults (query scale, layer pattern, sliding-layer RoPE base,
+    RoPE scaling, final soft-capping). Reading a 262k-piece vocabulary takes tens of seconds."""
+    import gguf
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    fields = gguf.GGUFReader(str(path)).fields
+    keys = {k: fields[k].contents() for k in fields if k.startswith(f"{ARCH}.")}
+    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    config.query_pre_attn_scalar = llama_cpp_scale_scalar(config)
+    config.layer_types = llama_cpp_layer_types(config.num_hidden_layers)
+    full = {"rope_type": "default", "rope_theta": float(keys[f"{ARCH}.rope.freq_base"])}
+    if keys.get(f"{ARCH}.rope.scaling.type") == "linear":
+        full = {"rope_type": "linear", "rope_theta": full["rope_theta"],
+                "factor": float(keys[f"{ARCH}.rope.scaling.factor"])}  # fmt: skip
+    config.rope_parameters = {"full_attention": full,
+                              "sliding_attention": {"rope_type": "default", "rope_theta": SWA_ROPE_BASE}}  # fmt: skip
+    config.final_logit_softcapping = keys.get(f"{ARCH}.final_logit_softcapping")
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name) if with_tokenizer else None
+    return model.eval(), tokenizer
+
+
+def llama_cpp_next_tokens(path: str | Path, sequences: list[list[int]], threads: int = 2) -> list[np.ndarray]:
+    """llama.cpp's teacher-forced next-token choice at every position of each token sequence (llama-cpp-python,
+    an optional extra: ``pip install -r requirements-llama.txt``)."""
+    try:
+        from llama_cpp import Llama
+    except ImportError as err:
+        raise ImportError("llama-cpp-python is not installed: pip install -r requirements-llama.txt") from err
+
+    longest = max(len(s) for s in sequences)
+    llm = Llama(model_path=str(path), logits_all=True, n_ctx=max(64, longest), n_threads=threads, verbose=False)
+    try:
+        choices = []
+        for ids in sequences:
+            llm.reset()
+            llm.eval(list(ids))
+            choices.append(np.asarray(llm.scores[: len(ids)]).argmax(-1))  # [L]
+        return choices
+    finally:
+        llm.close()
