@@ -52,6 +52,22 @@ def test_native_adapter_merges_into_the_stock_class_in_bf16(native_adapter, tmp_
     assert (tmp_path / "hf" / "tokenizer.json").exists() and (tmp_path / "hf" / "chat_template.jinja").exists()
 
 
+def test_an_adapter_without_its_base_is_refused_before_anything_is_written(native_adapter, tmp_path, caplog):
+    import shutil
+
+    out, _ = native_adapter
+    moved = tmp_path / "adapter"
+    shutil.copytree(out, moved)
+    config = json.loads((moved / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = str(tmp_path / "deleted-base")
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    for to in ("hf", "gguf"):
+        assert main(["--model_path", str(moved), "--to", to, "--output", str(tmp_path / f"x-{to}")]) == 1
+        assert not (tmp_path / f"x-{to}").exists()
+    assert "deleted-base is not there" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
 def test_megatron_bridge_names_and_geometry(native_adapter, tmp_path):
     out, _ = native_adapter
     export(out, "hf", tmp_path / "hf")

@@ -53,6 +53,10 @@ def checkpoint_sources(model_id: str | Path) -> tuple[str, str, bool]:
     base_id = json.loads(adapter_cfg.read_text()).get("base_model_name_or_path")
     if not base_id:
         raise ValueError(f"{adapter_cfg}: no base_model_name_or_path; cannot find the base model")
+    base = Path(base_id).expanduser()
+    if (base.is_absolute() or base_id.startswith((".", "~"))) and not (base / "config.json").exists():
+        raise FileNotFoundError(f"{adapter_cfg}: the adapter's base model {base_id} is not there (moved or deleted?); "
+                                "set base_model_name_or_path to where the base model is")  # fmt: skip
     return base_id, str(path) if (path / "processor_config.json").exists() else base_id, True
 
 
