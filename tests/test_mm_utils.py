@@ -7,7 +7,7 @@ import pytest
 import torch
 from media_utils import frame_value, make_frames, write_frame_folder, write_video
 
-from constants import IMAGE_TAG, VIDEO_TAG
+from constants import CLIP_MEAN, CLIP_STD, IMAGE_TAG, VIDEO_TAG
 from mm_utils import (
     MediaError,
     MediaExpander,
@@ -54,6 +54,52 @@ def test_both_readers_agree(clip):
     a = read_video(clip, 8, backend="decord").frames.astype(int)
     b = read_video(clip, 8, backend="pyav").frames.astype(int)
     assert np.abs(a - b).max() <= 3
+
+
+def _moving_texture(n: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """A smooth texture panning under a bright square that moves one step per frame: every frame distinct."""
+    rng = np.random.default_rng(0)
+    coarse = torch.from_numpy(rng.random((1, 3, h // 8 + 4, w // 8 + 4), dtype=np.float32))
+    tex = (torch.nn.functional.interpolate(coarse, scale_factor=8, mode="bilinear")[0] * 200 + 20).byte()
+    tex = tex.permute(1, 2, 0).numpy()
+    frames = []
+    for t in range(n):
+        f = np.ascontiguousarray(tex[t % 16 : t % 16 + h, t % 24 : t % 24 + w])
+        f[10:20, (t * 3) % (w - 10) : (t * 3) % (w - 10) + 10] = 250
+        frames.append(f)
+    return np.stack(frames)
+
+
+@pytest.mark.parametrize(
+    "encoding",
+    [
+        {"gop": 20, "options": {"preset": "veryfast"}},  # B-frames (non-reference ones skipped unless wanted)
+        {"gop": 30, "options": {"bf": "0"}},  # I and P frames only
+        {"gop": 1},  # every frame a keyframe
+    ],
+    ids=["b-frames", "no-b-frames", "all-intra"],
+)
+def test_keyframe_aware_reader_gives_decords_frames(tmp_path, encoding):
+    """The PyAV reader (the loader's default) decodes only what it needs and returns exactly decord's frames."""
+    import decord
+
+    clip = write_video(tmp_path / "clip.mp4", _moving_texture(90), fps=30, crf=18, **encoding)
+    vr = decord.VideoReader(str(clip), num_threads=1)
+    for num_frames, mode in ((8, "uniform"), (16, "uniform"), (5, "fps"), (120, "uniform")):
+        v = read_video(clip, num_frames, sample=mode, fps=2.0, backend="pyav")
+        assert v.indices == sample_frame_indices(len(vr), num_frames, mode, vr.get_avg_fps(), 2.0)
+        want = vr.get_batch(v.indices).asnumpy()
+        assert v.frames.shape == want.shape and np.abs(v.frames.astype(int) - want).max() <= 2, (num_frames, mode)
+    assert read_video(clip, 8).backend == "pyav"  # the default
+
+
+def test_uint8_resize_matches_the_float_resize_within_a_level():
+    frames = _moving_texture(4, 240, 320)
+    x = preprocess_frames(frames, 32)
+    f = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255
+    f = torch.nn.functional.interpolate(f, size=(32, 43), mode="bilinear", antialias=True)[..., 5:37]
+    ref = (f.clamp(0, 1) - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    assert (x - ref).abs().max() <= 1 / 255 / min(CLIP_STD)
 
 
 def test_corrupt_and_missing_files_raise_naming_the_file(tmp_path):
