@@ -94,7 +94,8 @@ def main() -> None:
             t_torch = _median(lambda m=module, x=x: m(x), args.repeats)
             t_ort = _median(lambda s=session, f=feed: s.run(None, f), args.repeats)
             rows.append((name, tuple(x.shape), t_torch, t_ort, float(np.abs(got - want).max()), export_s))
-    print(f"\nthreads {args.threads}, median of {args.repeats} (torch {torch.__version__}, onnxruntime {ort.__version__})")
+    versions = f"torch {torch.__version__}, onnxruntime {ort.__version__}"
+    print(f"\nthreads {args.threads}, median of {args.repeats} ({versions})")
     print(f"{'graph':34s} {'input':>24s} {'torch s':>9s} {'ORT s':>9s} {'ORT speed-up':>12s} {'max |diff|':>11s}")
     for name, shape, t_torch, t_ort, diff, _ in rows:
         print(f"{name:34s} {str(shape):>24s} {t_torch:9.4f} {t_ort:9.4f} {t_torch / t_ort:11.2f}x {diff:11.2e}")
