@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 
 from constants import CLIP_MEAN, CLIP_STD, DEFAULT_MAX_BAD_FRACTION, IGNORE_INDEX, IMAGE_TAG, MEDIA_TAGS, VIDEO_TAG
 from conversation import ChatTemplate, render_conversation
-from mm_utils import MediaError, MediaExpander, preprocess_frames, read_frame_list, read_image, read_video
+from mm_utils import FrameArray, MediaError, MediaExpander, preprocess_frames, read_clip, read_image, read_video
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class AnnotationError(ValueError):
 @dataclass(frozen=True)
 class Media:
     kind: str  # "video" or "image"
-    path: str | tuple[str, ...]  # a file / frame folder, or a tuple of frame image files (a clip)
+    path: str | tuple[str, ...] | FrameArray  # a file / frame folder, a tuple of frame files, or frames in memory
 
 
 @dataclass(frozen=True)
@@ -272,10 +272,7 @@ class CustomModelPlugin:
     def load_media(self, media: Media) -> torch.Tensor:
         """A video -> [T, 3, S, S]; an image -> [3, S, S]."""
         if media.kind == "video":
-            if isinstance(media.path, tuple):
-                frames = read_frame_list(list(media.path), self.num_frames).frames
-            else:
-                frames = read_video(media.path, self.num_frames, self.sampling, self.fps).frames
+            frames = read_clip(media.path, self.num_frames, self.sampling, self.fps).frames
             return preprocess_frames(frames, self.image_size, self.mean, self.std)
         return preprocess_frames(read_image(media.path)[None], self.image_size, self.mean, self.std)[0]
 

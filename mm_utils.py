@@ -94,6 +94,32 @@ def read_frame_list(paths: list[str | Path], num_frames: int) -> VideoFrames:
     return VideoFrames(np.stack(frames), idx, len(paths), None, "frames")
 
 
+class FrameArray:
+    """Frames already in memory (a streamed window), usable wherever a video path is: ``Media("video",
+    FrameArray(frames))``. Holds uint8 [T, H, W, 3]; equality is identity (samples stay hashable)."""
+
+    def __init__(self, frames: np.ndarray, fps: float | None = None) -> None:
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or not len(frames):
+            raise MediaError(f"FrameArray needs uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        self.frames = frames
+        self.fps = fps
+
+    def __repr__(self) -> str:
+        return f"FrameArray({tuple(self.frames.shape)})"
+
+
+def read_clip(source, num_frames: int, sample: str = "uniform", fps: float = 1.0) -> VideoFrames:
+    """``num_frames`` frames of any clip a sample can hold: a video file / frame folder / image path, a tuple of
+    frame files, or a `FrameArray`."""
+    if isinstance(source, FrameArray):
+        idx = sample_frame_indices(len(source.frames), num_frames, sample, source.fps, fps)
+        return VideoFrames(source.frames[idx], idx, len(source.frames), source.fps, "memory")
+    if isinstance(source, tuple):
+        return read_frame_list(list(source), num_frames)
+    return read_video(source, num_frames, sample, fps)
+
+
 def _read_decord(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrames:
     import decord
 
@@ -232,7 +258,8 @@ def write_video(
     errors = []
     for codec in ("libx264", "h264", "mpeg4"):
         try:
-            with av.open(str(path), "w") as out:
+            options = {"movflags": "faststart"} if path.suffix.lower() in (".mp4", ".mov", ".m4v") else {}
+            with av.open(str(path), "w", options=options) as out:  # index first: playable while downloading
                 stream = out.add_stream(codec, rate=fps)
                 stream.width, stream.height = frames.shape[2], frames.shape[1]
                 stream.pix_fmt = "yuv420p"

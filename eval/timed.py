@@ -20,12 +20,16 @@ window predicted with the label in force at the window's middle (the label of th
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eval.metrics import cosine, meteor, normalize, rouge_l
 
+logger = logging.getLogger(__name__)
 DEFAULT_TOLERANCE = 3.0  # seconds, the whole window (FitCoach's default): a match is < 1.5 s away
 
 
@@ -172,3 +176,79 @@ def timeline_png(reference: Sequence[Event], predicted: Sequence[Event], out: st
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return Path(out)
+
+
+def feedback_events(records: Sequence[dict], when: str = "end") -> list[Event]:
+    """The feedback a stream emitted (`gemma3.stream` JSONL records): an event whenever a window's action differs
+    from the previous window's, at the window's end (``when="end"``: when a live system could speak) or middle."""
+    if when not in ("end", "middle"):
+        raise ValueError(f"when={when!r}: end or middle")
+    events, previous = [], None
+    for r in sorted(records, key=lambda r: r["start"]):
+        action = normalize(r.get("action") or "")
+        if action and action != previous:
+            t = r["end"] if when == "end" else (r["start"] + r["end"]) / 2
+            events.append(Event(float(t), r.get("reply") or action, r.get("action")))
+        previous = action or previous
+    return events
+
+
+def evaluate_streams(ground_truth: str | Path, streams: str | Path, out: str | Path | None = None,
+                     tolerance: float = DEFAULT_TOLERANCE, when: str = "end", embed=None) -> dict:  # fmt: skip
+    """Score stream outputs (``<streams>/<video stem>.jsonl``) against a ``timed.json`` ground truth: temporal
+    P/R/F, text metrics on matched pairs, per-window action accuracy; a timeline PNG per video in ``out``."""
+    records = json.loads(Path(ground_truth).read_text())
+    videos, windows_ok, windows_n, missing = [], 0.0, 0, []
+    out = Path(out) if out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    for i, rec in enumerate(records):
+        reference = events_from(rec.get("events") or [], where=f"{ground_truth}[{i}].events")
+        path = Path(streams) / f"{Path(rec['video']).stem}.jsonl"
+        if not path.exists():
+            missing.append(str(path))
+            stream = []
+        else:
+            stream = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        predicted = feedback_events(stream, when)
+        videos.append((reference, predicted))
+        acc, n = window_accuracy(stream, reference)
+        windows_ok += acc * n
+        windows_n += n
+        if out:
+            timeline_png(reference, predicted, out / f"{Path(rec['video']).stem}_timeline.png", rec["video"], tolerance)
+    if missing:
+        logger.warning("%d videos have no stream output (counted as silent): %s", len(missing), missing[:5])
+    temporal = temporal_scores(videos, tolerance)
+    result = {"tolerance_s": tolerance, "feedback_time": when, "precision": temporal.precision,
+              "recall": temporal.recall, "f_score": temporal.f_score, "references": temporal.references,
+              "predictions": temporal.predictions, **text_scores(temporal.pairs, embed),
+              "window_accuracy": windows_ok / windows_n if windows_n else 0.0, "windows": windows_n,
+              "missing_streams": len(missing)}  # fmt: skip
+    if out:
+        (out / "timed_metrics.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ground_truth", required=True, help="timed.json")
+    ap.add_argument("--streams", required=True, help="folder of <video stem>.jsonl stream outputs")
+    ap.add_argument("--out", default=None, help="folder for timed_metrics.json and timeline PNGs")
+    ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
+    ap.add_argument("--feedback_time", choices=("end", "middle"), default="end")
+    ap.add_argument("--embeddings", action="store_true", help="add MiniLM cosine on matched pairs")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    embed = None
+    if args.embeddings:
+        from eval.metrics import MiniLMEmbedder
+
+        embed = MiniLMEmbedder()
+    result = evaluate_streams(args.ground_truth, args.streams, args.out, args.tolerance, args.feedback_time, embed)
+    logger.info("%s", json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -92,10 +92,11 @@ class Predictor:
 
     @torch.no_grad()
     def generate(
-        self, features: list[dict[str, torch.Tensor]], generation: GenerationConfig | None = None
+        self, features: list[dict[str, torch.Tensor]], generation: GenerationConfig | None = None, streamer=None
     ) -> tuple[list[str], list[int]]:
         """Generate for encoded prompts (with ``generation`` for this call only, else the predictor's settings);
-        returns decoded replies and new-token counts."""
+        returns decoded replies and new-token counts. ``streamer``: passed to ``generate`` (it sees the prompt ids,
+        then each step's new tokens)."""
         batch = self.plugin.collate(features, padding_side="left")
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         batch.pop("labels", None)
@@ -104,7 +105,9 @@ class Predictor:
         if g.do_sample:
             kwargs.update(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k)
         pad = self.text_tokenizer.pad_token_id
-        out = self.model.generate(**batch, **kwargs, pad_token_id=pad, eos_token_id=self.stop_ids, use_cache=True)
+        out = self.model.generate(
+            **batch, **kwargs, pad_token_id=pad, eos_token_id=self.stop_ids, use_cache=True, streamer=streamer
+        )
         new = out[:, batch["input_ids"].shape[1] :]  # [B, new]
         stops = set(self.stop_ids) | {pad}
         counts = [int(sum(1 for t in row.tolist() if t not in stops)) for row in new]

@@ -119,3 +119,37 @@ def test_long_videos_have_their_boundaries_where_the_ground_truth_says(tmp_path)
             jump = np.abs(frames[b] - frames[b - 1]).mean()
             steady = np.abs(frames[b - 1] - frames[b - 2]).mean()
             assert jump > 2 * steady, (s, jump, steady)
+
+
+def test_stream_outputs_become_feedback_events_and_are_scored(tmp_path):
+    import json
+
+    from eval.timed import evaluate_streams, feedback_events, main
+
+    def window(k, action):
+        return {"window": k, "start": k * 1.0, "end": k * 1.0 + 2.0, "reply": f"{action} - note", "action": action}
+
+    stream = [window(0, "squat"), window(1, "squat"), window(2, "lunge"), window(3, "lunge"), window(4, "")]
+    events = feedback_events(stream)
+    assert [(e.t, e.label) for e in events] == [(2.0, "squat"), (4.0, "lunge")]  # on change, at the window's end
+    assert [e.t for e in feedback_events(stream, when="middle")] == [1.0, 3.0]
+    truth = [
+        {"video": "videos/a.mp4", "events": [{"t": 0.0, "text": "squat - note", "label": "squat"},
+                                             {"t": 3.0, "text": "lunge - note", "label": "lunge"}]},
+        {"video": "videos/b.mp4", "events": [{"t": 1.0, "text": "plank", "label": "plank"}]},
+    ]  # fmt: skip
+    (tmp_path / "timed.json").write_text(json.dumps(truth))
+    (tmp_path / "streams").mkdir()
+    (tmp_path / "streams" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stream))
+    result = evaluate_streams(tmp_path / "timed.json", tmp_path / "streams", tmp_path / "report")
+    # a: 0.0 vs 2.0 (2 s off: missed), 3.0 vs 4.0 (matched); b: silent. P = 1/2, R = 1/3.
+    assert result["precision"] == pytest.approx(0.5) and result["recall"] == pytest.approx(1 / 3)
+    assert result["f_score"] == pytest.approx(0.4) and result["missing_streams"] == 1
+    # windows (middles 1..5 s): squat, squat, lunge, lunge right; the last, with no action, wrong
+    assert result["windows"] == 5 and result["window_accuracy"] == pytest.approx(4 / 5)
+    assert (tmp_path / "report" / "a_timeline.png").exists()
+    # +-2.5 s: 0.0 now takes 2.0; 3.0 is as near 2.0 as 4.0 and the walk's argmin takes the first, already matched:
+    # FitCoach's walk does not fall back to the next-nearest.
+    wide = main(["--ground_truth", str(tmp_path / "timed.json"), "--streams", str(tmp_path / "streams"),
+                 "--tolerance", "5"])  # fmt: skip
+    assert wide["recall"] == pytest.approx(1 / 3) and wide["precision"] == pytest.approx(1 / 2)

@@ -159,13 +159,10 @@ class NativeVLMPlugin:
         """PIL images of one media item: ``num_frames`` frames of a video, or the one image."""
         from PIL import Image
 
-        from mm_utils import read_frame_list, read_image, read_video
+        from mm_utils import read_clip, read_image
 
         if media.kind == "video":
-            if isinstance(media.path, tuple):
-                frames = read_frame_list(list(media.path), self.num_frames).frames
-            else:
-                frames = read_video(media.path, self.num_frames, self.sampling, self.fps).frames
+            frames = read_clip(media.path, self.num_frames, self.sampling, self.fps).frames
         else:
             frames = read_image(media.path)[None]
         return [Image.fromarray(np.ascontiguousarray(f)) for f in frames]

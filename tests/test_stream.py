@@ -1,0 +1,174 @@
+"""Streaming inference: windows over a file, a growing frame folder and an HTTP URL; a source that breaks; resume;
+real-time dropping; SIGINT; the native models through the same loop."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from tiny_checkpoints import custom_train_args, make_custom_assets
+
+from gemma3.data.long_videos import LongVideoConfig, make_long_videos
+from gemma3.stream import StreamConfig, Windower, run_stream
+
+FPS = 8
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory, gemma270m_dir):
+    import gemma3.inference as inf
+    from gemma3.train import train as T
+
+    root = tmp_path_factory.mktemp("stream_model")
+    llm, clip, vm, data = make_custom_assets(root, gemma270m_dir, n=4)
+    T.main(custom_train_args(llm, clip, vm, data, root / "out", stage="finetune", use_lora=True, max_steps=1))
+    return inf.load_predictor(str(root / "out"), generation=inf.GenerationConfig(max_new_tokens=3))
+
+
+@pytest.fixture(scope="module")
+def long_video(tmp_path_factory):
+    root = tmp_path_factory.mktemp("long")
+    rec = make_long_videos(root, LongVideoConfig(videos=1, segments=2, min_seconds=2.0, max_seconds=2.0, size=32))[0]
+    return root / rec["video"], rec
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_windows_cover_the_stream_at_the_stride():
+    w = Windower(window=1.0, stride=0.5)
+    out = []
+    for i in range(20):  # 2.5 s at 8 fps
+        out += w.push(i / FPS, np.full((4, 4, 3), i, np.uint8))
+    out += w.flush()
+    assert [(x.start, x.end) for x in out] == [(k * 0.5, k * 0.5 + 1.0) for k in range(5)]
+    assert [len(x.frames) for x in out] == [8, 8, 8, 8, 4]  # the last two come from flush (end of stream)
+    assert out[1].frames[0, 0, 0, 0] == 4  # frame at t = 0.5 s opens window 1
+    with pytest.raises(ValueError, match="positive"):
+        Windower(window=0, stride=1)
+
+
+def test_file_stream_writes_every_window_and_resumes(predictor, long_video, tmp_path):
+    video, rec = long_video
+    out = tmp_path / "out.jsonl"
+    summary = run_stream(predictor, str(video), out, StreamConfig(window=2.0, stride=1.0, batch_size=3))
+    records = _read(out)
+    assert [r["window"] for r in records] == list(range(len(records))) and len(records) == 4
+    assert [(r["start"], r["end"]) for r in records] == [(k * 1.0, k * 1.0 + 2.0) for k in range(4)]
+    assert all(r["frames"] == 2 * FPS for r in records[:3]) and records[3]["frames"] == FPS  # last one partial
+    fields = {"reply", "action", "feedback", "input_tokens", "output_tokens", "latency_s", "ttft_s"}
+    assert fields <= set(records[0]) and all(0 < r["ttft_s"] <= r["latency_s"] for r in records)
+    assert summary["windows"] == 4 and summary["dropped"] == 0 and "error" not in summary
+    assert json.loads((tmp_path / "out.jsonl.summary.json").read_text())["windows"] == 4
+    assert summary["stream_seconds"] == pytest.approx(rec["duration"] - 1 / FPS)
+    # A killed run: two windows written and a torn third line. The rerun keeps them and writes the rest once.
+    lines = out.read_text().splitlines()
+    out.write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:20])
+    again = run_stream(predictor, str(video), out, StreamConfig(window=2.0, stride=1.0, batch_size=3))
+    assert [r["window"] for r in _read(out)] == [0, 1, 2, 3] and again["windows"] == 2
+    assert [r["reply"] for r in _read(out)] == [r["reply"] for r in records]  # greedy: same replies
+
+
+def test_growing_frame_folder_is_followed_until_idle(predictor, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+
+    def write():
+        for i in range(24):  # 3 s at 8 fps, written over ~1 s
+            Image.fromarray(np.full((32, 32, 3), i * 10, np.uint8)).save(folder / f"frame_{i}.png")
+            time.sleep(0.04)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    out = tmp_path / "folder.jsonl"
+    summary = run_stream(predictor, str(folder), out, StreamConfig(window=1.0, stride=1.0, idle_timeout=1.5))
+    writer.join()
+    records = _read(out)
+    assert [(r["start"], r["end"], r["frames"]) for r in records] == [(k, k + 1.0, FPS) for k in range(3)]
+    assert summary["windows"] == 3
+
+
+def test_http_url_streams_like_the_file(predictor, long_video, tmp_path):
+    video, _ = long_video
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(video.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{video.name}"
+        run_stream(predictor, url, tmp_path / "http.jsonl", StreamConfig(window=2.0, stride=2.0))
+        run_stream(predictor, str(video), tmp_path / "file.jsonl", StreamConfig(window=2.0, stride=2.0))
+    finally:
+        server.shutdown()
+    strip = lambda rs: [{k: r[k] for k in ("window", "start", "end", "frames", "reply")} for r in rs]  # noqa: E731
+    assert strip(_read(tmp_path / "http.jsonl")) == strip(_read(tmp_path / "file.jsonl"))
+
+
+def test_a_source_that_breaks_keeps_what_was_produced(predictor, tmp_path, caplog):
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(20):
+        Image.fromarray(np.full((32, 32, 3), i * 10, np.uint8)).save(folder / f"frame_{i}.png")
+    (folder / "frame_20.png").write_bytes(b"not a png")  # the camera died mid-write
+    out = tmp_path / "broken.jsonl"
+    summary = run_stream(predictor, str(folder), out, StreamConfig(window=1.0, stride=1.0, idle_timeout=0.5))
+    assert [r["window"] for r in _read(out)] == [0, 1, 2]  # 20 good frames: two full windows and a partial one
+    assert "frame_20.png" in summary["error"] and "the source broke" in caplog.text
+    missing = run_stream(predictor, str(tmp_path / "nope.mp4"), tmp_path / "x.jsonl", StreamConfig())
+    assert "no such file" in missing["error"] and _read(tmp_path / "x.jsonl") == []
+
+
+def test_realtime_drops_stale_windows_and_says_so(predictor, long_video, tmp_path, caplog):
+    class Slow:  # the real predictor, slower than the source's stride
+        def __init__(self, inner):
+            self.inner = inner
+
+        def encode(self, sample):
+            time.sleep(1.2)
+            return self.inner.encode(sample)
+
+        def generate(self, *a, **k):
+            return self.inner.generate(*a, **k)
+
+    video, rec = long_video
+    out = tmp_path / "rt.jsonl"
+    summary = run_stream(Slow(predictor), str(video), out, StreamConfig(window=1.0, stride=0.5, realtime=True))
+    assert summary["dropped"] > 0 and "dropped" in caplog.text
+    assert summary["windows"] + summary["dropped"] == int(rec["duration"] / 0.5)
+    assert summary["real_time_factor"] > 0
+
+
+def test_sigint_ends_cleanly_with_the_summary(predictor, long_video, tmp_path):
+    video, _ = long_video
+    before = signal.getsignal(signal.SIGINT)
+    timer = threading.Timer(2.0, lambda: signal.raise_signal(signal.SIGINT))
+    timer.start()
+    out = tmp_path / "int.jsonl"
+    summary = run_stream(predictor, str(video), out, StreamConfig(window=1.0, stride=0.5, realtime=True))
+    timer.join()
+    assert (tmp_path / "int.jsonl.summary.json").exists() and summary["windows"] == len(_read(out))
+    assert summary["stream_seconds"] < 3.9  # stopped before the end of the 4 s video
+    assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
+
+
+def test_native_gemma3_streams_through_the_same_loop(long_video, tmp_path, gemma270m_dir):
+    from tiny_native import make_native
+
+    import gemma3.inference as inf
+
+    native = make_native(tmp_path, gemma270m_dir, "gemma3")
+    pred = inf.load_predictor(str(native), num_frames=2, generation=inf.GenerationConfig(max_new_tokens=2))
+    video, _ = long_video
+    summary = run_stream(pred, str(video), tmp_path / "native.jsonl", StreamConfig(window=2.0, stride=2.0))
+    records = _read(tmp_path / "native.jsonl")
+    assert summary["windows"] == 2 and all(r["input_tokens"] > 2 * pred.plugin.per_frame for r in records)
