@@ -230,7 +230,9 @@ def preprocess_frames(
     The antialiased bilinear resize runs on the uint8 frames (torch's vectorised uint8 kernel, channels-last) and only
     the cropped result becomes float: the same filter as resizing in float, rounded to whole intensity levels (within
     1/255 before normalising), at a fraction of the cost on HD frames."""
-    x = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [T, 3, H, W], channels-last memory
+    if isinstance(frames, np.ndarray):
+        frames = np.require(frames, requirements=["C", "W"])  # copies only read-only or strided arrays
+    x = torch.as_tensor(frames).permute(0, 3, 1, 2)  # [T, 3, H, W], channels-last memory
     if x.dtype != torch.uint8:
         x = x.float() / 255.0
     h, w = x.shape[-2:]

@@ -39,6 +39,7 @@ LONG_FIRST = (
     "test_pipeline.py",
     "test_export.py",
     "test_export_gguf.py",
+    "test_stream.py",
 )
 
 
