@@ -39,6 +39,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROMPT = "Watch this exercise and give feedback on the form."
+NATIVE_MAX_SIDE = 896  # frames kept at most this size when the processor decides the size (Gemma 3's SigLIP input)
 
 
 # ---------------------------------------------------------------- sources
@@ -133,12 +134,13 @@ class Window:
 
 @dataclass
 class Windower:
-    """Sliding windows over timestamped frames. Frames are downscaled to ``max_side`` on arrival (the model takes
-    224 px), so a long HD window costs little memory."""
+    """Sliding windows over timestamped frames. A frame whose shorter side exceeds ``short_side`` (the model's
+    input size) is downscaled on arrival, so a long HD window costs little memory and the model sees what it would
+    have seen from the full-size frame after its own resize."""
 
     window: float
     stride: float
-    max_side: int = 256
+    short_side: int | None = 448
     _buffer: list = field(default_factory=list)
     _next: int = 0
 
@@ -148,13 +150,13 @@ class Windower:
 
     def _small(self, frame: np.ndarray) -> np.ndarray:
         h, w = frame.shape[:2]
-        if max(h, w) <= self.max_side:
+        if self.short_side is None or min(h, w) <= self.short_side:
             return frame
         import torch
         import torch.nn.functional as F
 
-        scale = self.max_side / max(h, w)
-        x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None]
+        scale = self.short_side / min(h, w)
+        x = torch.from_numpy(np.require(frame, requirements=["C", "W"])).permute(2, 0, 1)[None]
         x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear", antialias=True)
         return x[0].permute(1, 2, 0).numpy()
 
@@ -301,7 +303,8 @@ def run_stream(predictor, source: str, output: str | Path, cfg: StreamConfig | N
     window, stride = cfg.window, cfg.stride
     if cfg.unit == "frames":
         window, stride = window / cfg.folder_fps, stride / cfg.folder_fps
-    windower = Windower(window, stride)
+    processing = getattr(predictor, "processing", None)
+    windower = Windower(window, stride, short_side=getattr(processing, "image_size", None) or NATIVE_MAX_SIDE)
     stop = stop or threading.Event()
     ready: queue.Queue = queue.Queue()
     state = {"error": None, "last_t": 0.0, "dropped": 0, "busy": 0.0}

@@ -53,6 +53,10 @@ def test_windows_cover_the_stream_at_the_stride():
     assert out[1].frames[0, 0, 0, 0] == 4  # frame at t = 0.5 s opens window 1
     with pytest.raises(ValueError, match="positive"):
         Windower(window=0, stride=1)
+    hd = Windower(window=1.0, stride=1.0, short_side=224)  # HD frames are kept at the model's input size
+    hd.push(0.0, np.zeros((1080, 1920, 3), np.uint8))
+    (first,) = hd.push(1.0, np.zeros((1080, 1920, 3), np.uint8))
+    assert first.frames.shape == (1, 224, 398, 3)
 
 
 def test_file_stream_writes_every_window_and_resumes(predictor, long_video, tmp_path):
