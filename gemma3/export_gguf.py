@@ -228,16 +228,59 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name:
             "layers": config.num_hidden_layers, "vocab_size": len(tokens)}  # fmt: skip
 
 
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_scalars(path: str | Path) -> dict:
+    """The scalar and string metadata of a GGUF file (arrays skipped), read straight from its header: what a full
+    ``gguf.GGUFReader`` parse gives for those keys, without building objects for a 262k-token vocabulary."""
+    import struct
+
+    def read(f, fmt: str):
+        return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+    def string(f) -> str:
+        return f.read(read(f, "<Q")).decode("utf-8", errors="replace")
+
+    def skip(f, kind: int) -> None:
+        if kind == 8:
+            f.seek(read(f, "<Q"), 1)
+        elif kind == 9:
+            item, count = read(f, "<I"), read(f, "<Q")
+            if item in _SCALARS:
+                f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
+            else:
+                for _ in range(count):
+                    skip(f, item)
+        else:
+            f.seek(struct.calcsize(_SCALARS[kind]), 1)
+
+    out = {}
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ValueError(f"{path}: not a GGUF file")
+        version, _tensors, kv_count = read(f, "<I"), read(f, "<Q"), read(f, "<Q")
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is too old")
+        for _ in range(kv_count):
+            key, kind = string(f), read(f, "<I")
+            if kind == 8:
+                out[key] = string(f)
+            elif kind in _SCALARS:
+                out[key] = read(f, _SCALARS[kind])
+            else:
+                skip(f, kind)
+    return out
+
+
 def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, with_tokenizer: bool = True):
     """Load a Gemma 3 GGUF file as ``Gemma3ForCausalLM`` (+ its tokenizer, or None), with the settings llama.cpp
     implies and transformers' reader leaves at its defaults (query scale, layer pattern, sliding-layer RoPE base,
     RoPE scaling, final soft-capping). Reading a 262k-piece vocabulary takes tens of seconds."""
-    import gguf
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    fields = gguf.GGUFReader(str(path)).fields
-    keys = {k: fields[k].contents() for k in fields if k.startswith(f"{ARCH}.")}
+    keys = gguf_scalars(path)
     config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
     config.query_pre_attn_scalar = llama_cpp_scale_scalar(config)
     config.layer_types = llama_cpp_layer_types(config.num_hidden_layers)

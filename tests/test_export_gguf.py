@@ -58,7 +58,7 @@ def hf_270m(gemma270m_dir):
 def test_real_270m_exports_to_f16_gguf_like_the_shipped_file(exported_f16, hf_270m, shipped_gguf):
     import gguf
 
-    from gemma3.export_gguf import read_gguf
+    from gemma3.export_gguf import gguf_scalars, read_gguf
 
     path = exported_f16
     hf, tokenizer = hf_270m
@@ -71,6 +71,11 @@ def test_real_270m_exports_to_f16_gguf_like_the_shipped_file(exported_f16, hf_27
             continue
         assert key in ours.fields, key
         assert ours.fields[key].contents() == shipped_gguf.fields[key].contents(), key
+    # The header reader `read_gguf` uses gives gguf-py's values for every scalar / string key of both files.
+    for reader, file in ((ours, path), (shipped_gguf, Path(shipped_gguf.data.filename))):
+        scalars = gguf_scalars(file)
+        assert len(scalars) > 20
+        assert scalars == {k: f.contents() for k, f in reader.fields.items() if k in scalars}
     # Scores order the normal pieces (the merge priority llama.cpp's SentencePiece tokenizer uses) as the shipped
     # file does: both strictly decreasing in id order.
     types = np.array(ours.fields["tokenizer.ggml.token_type"].contents())
