@@ -11,7 +11,6 @@ count: median of ``--repeats`` after one warm-up, and the largest difference bet
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -21,16 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-
-def _median(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from timing import median_time  # noqa: E402
 
 
 def modules(video_size: str, keyframes: int, frames: int):
@@ -91,8 +81,8 @@ def main() -> None:
             feed = {session.get_inputs()[0].name: x.numpy()}
             want = module(x).numpy()
             got = session.run(None, feed)[0]
-            t_torch = _median(lambda m=module, x=x: m(x), args.repeats)
-            t_ort = _median(lambda s=session, f=feed: s.run(None, f), args.repeats)
+            t_torch = median_time(lambda m=module, x=x: m(x), args.repeats)
+            t_ort = median_time(lambda s=session, f=feed: s.run(None, f), args.repeats)
             rows.append((name, tuple(x.shape), t_torch, t_ort, float(np.abs(got - want).max()), export_s))
     versions = f"torch {torch.__version__}, onnxruntime {ort.__version__}"
     print(f"\nthreads {args.threads}, median of {args.repeats} ({versions})")

@@ -23,7 +23,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
@@ -31,6 +30,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1])]
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from timing import median_time  # noqa: E402
 
 from constants import CLIP_MEAN, CLIP_STD, VIDEO_EXTENSIONS  # noqa: E402
 from mm_utils import preprocess_frames, read_video, sample_frame_indices  # noqa: E402
@@ -120,16 +120,6 @@ def loaders(path: Path, frames: int, decord_threads: int) -> dict:
         pass
     runs["ours (read_video + preprocess_frames)"] = ours
     return runs
-
-
-def median_time(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

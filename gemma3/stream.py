@@ -70,8 +70,6 @@ def _pyav_frames(url: str, fmt: str | None = None, paced: bool = False) -> Itera
                 if delay > 0:
                     time.sleep(delay)
             yield t, frame.to_ndarray(format="rgb24")
-    except SourceError:
-        raise
     except Exception as err:
         raise SourceError(f"{url}: broke while streaming ({type(err).__name__}: {err})") from err
     finally:
