@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -289,9 +289,11 @@ class StreamConfig:
 
 
 def run_stream(predictor, source: str, output: str | Path, cfg: StreamConfig | None = None,
-               stop: threading.Event | None = None) -> dict:  # fmt: skip
+               stop: threading.Event | None = None,
+               on_record: Callable[[dict], None] | None = None) -> dict:  # fmt: skip
     """Stream ``source`` through ``predictor`` into ``output`` (JSONL); returns the summary (also written to
-    ``<output>.summary.json``). ``stop`` (or SIGINT) ends the stream early, cleanly."""
+    ``<output>.summary.json``). ``stop`` (or SIGINT) ends the stream early, cleanly; ``on_record`` sees each
+    window's record once it is written (the web demo shows them as they come)."""
     cfg = cfg or StreamConfig()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -363,6 +365,8 @@ def run_stream(predictor, source: str, output: str | Path, cfg: StreamConfig | N
                         out.write(json.dumps(rec) + "\n")
                         out.flush()
                         records.append(rec)
+                        if on_record is not None:
+                            on_record(rec)
                         logger.info("window %d [%.1f-%.1f s] %.2f s: %s", rec["window"], rec["start"], rec["end"],
                                     rec["latency_s"], rec["reply"][:80])  # fmt: skip
     finally:

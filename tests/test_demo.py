@@ -1,0 +1,144 @@
+"""The web demo (`python -m gemma3.demo`): the callback's updates in-process, a wrong model folder, and the real page
+in a headless Chromium (Debian chromium + chromium-driver, driven by selenium): a clip uploaded, its feedback shown
+with times, an unreadable upload reported in the page, a screenshot saved."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gemma3.data.long_videos import LongVideoConfig, make_long_videos
+
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def native_dir(tmp_path_factory, gemma270m_dir):
+    from tiny_native import make_native
+
+    return make_native(tmp_path_factory.mktemp("demo_model"), gemma270m_dir, "gemma3")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo_clip")
+    rec = make_long_videos(root, LongVideoConfig(videos=1, segments=2, min_seconds=2.0, max_seconds=2.0, size=32))[0]
+    return root / rec["video"]
+
+
+def test_the_callback_shows_each_window_as_it_is_answered(native_dir, clip, tmp_path):
+    import gemma3.inference as inf
+    from gemma3.demo import CoachSession
+    from gemma3.stream import StreamConfig
+
+    pred = inf.load_predictor(str(native_dir), num_frames=2, generation=inf.GenerationConfig(max_new_tokens=2))
+    session = CoachSession(pred, tmp_path / "work", StreamConfig(window=1.0, stride=1.0))
+    views = list(session.analyze(str(clip), 1.0, 1.0, "What is happening?"))
+    tables = [v[2] for v in views]
+    rows = [t.count("\n") - 1 if t else 0 for t in tables]
+    assert rows[1:-1] == [1, 2, 3, 4] and rows[-1] == 4  # one more row per answered window, oldest first
+    assert views[-1][0].startswith("Done") and "4 windows" in views[-1][3] and views[-1][4].endswith(".png")
+    (records,) = list((tmp_path / "work").glob("*.jsonl"))  # the same JSONL records as the command line
+    spans = [f"{r['start']:.1f}-{r['end']:.1f}" for r in map(json.loads, records.read_text().splitlines())]
+    assert spans == ["0.0-1.0", "1.0-2.0", "2.0-3.0", "3.0-4.0"] and all(s in tables[-1] for s in spans)
+    assert "Upload a video" in next(session.analyze(None, 1.0, 1.0, ""))[0]
+    assert "longer than the window" in next(session.analyze(str(clip), 1.0, 2.0, ""))[0]
+
+
+def test_a_folder_that_is_not_a_model_stops_before_serving(tmp_path, caplog):
+    from gemma3.demo import main
+
+    assert main(["--model_path", str(tmp_path), "--port", "1"]) == 1
+    assert f"model path {tmp_path}: has no config.json" in caplog.text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _browser():
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip("no headless browser here: apt-get install -y chromium chromium-driver (.ci/run does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1400,1000"):  # fmt: skip
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the demo exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"the demo did not answer on {url} in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def test_the_page_in_a_real_browser(native_dir, clip, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = _browser()
+    port, log = _free_port(), tmp_path / "demo.log"
+    cmd = [sys.executable, "-m", "gemma3.demo", "--model_path", str(native_dir), "--port", str(port),
+           "--num_frames", "2", "--max_new_tokens", "3", "--window", "2", "--stride", "1",
+           "--workdir", str(tmp_path / "work")]  # fmt: skip
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        _wait_http(url, proc, log)
+        assert f"demo on http://127.0.0.1:{port}" in log.read_text()  # loopback unless --host says otherwise
+
+        def run(video: Path, until: str) -> str:
+            driver.get(url)
+            wait = WebDriverWait(driver, 120)
+            upload = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video input[type=file]"))[0]
+            upload.send_keys(str(video))
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video video"))  # the upload arrived
+            driver.find_element(By.ID, "run").click()
+            wait.until(lambda d: until in d.find_element(By.ID, "status").text)
+            return driver.find_element(By.ID, "status").text
+
+        status = run(clip, "Done")
+        assert "4 windows" in status  # the last one partial
+        table = driver.find_element(By.ID, "feedback").text
+        assert all(span in table for span in ("0.0-2.0", "1.0-3.0", "2.0-4.0", "3.0-5.0"))
+        assert "latency mean" in driver.find_element(By.ID, "stats").text
+        assert driver.find_elements(By.CSS_SELECTOR, "#timeline img")
+        shot = Path(os.environ.get("DEMO_SCREENSHOT", tmp_path / "demo.png"))
+        driver.save_screenshot(str(shot))
+        assert shot.stat().st_size > 10_000
+
+        broken = tmp_path / "broken.mp4"
+        broken.write_bytes(os.urandom(4000))
+        status = run(broken, "Could not read")
+        assert "broken.mp4" in status and "cannot open" in status and "/tmp/gradio" not in status
+    finally:
+        driver.quit()
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(tmp_path / "work", ignore_errors=True)
