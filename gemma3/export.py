@@ -220,12 +220,12 @@ def export_gguf(model_path: str | Path, output: Path, family, gguf_type: str) ->
     plain causal-LM folder (the custom model's language model before training) exports as it is."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from gemma3.export_gguf import llama_cpp_problems, write_gguf
+    from gemma3.export_gguf import export_problems, write_gguf
     from gemma3.families import CUSTOM
 
     plain = AutoConfig.from_pretrained(model_path)
     config = plain if plain.model_type.endswith("_text") else family.load_config_and_processor(model_path)[0]
-    problems = llama_cpp_problems(config.get_text_config())
+    problems = export_problems(config.get_text_config())
     if problems:
         raise ValueError(f"{model_path}: llama.cpp would not run this language model as trained: {'; '.join(problems)}")
     if config is plain:

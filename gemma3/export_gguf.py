@@ -18,14 +18,16 @@ attention scale ``1/sqrt(head_dim)`` (``hidden/heads`` for the 62-layer 27B) and
 Types: ``f32``, ``f16`` (2-D weights; norms and other 1-D tensors stay f32, as llama.cpp's converter keeps them)
 and ``q8_0`` (weights whose rows are a multiple of 32 values; others fall back to f16, as the converter does).
 
-Gemma 3n and Gemma 4 text backbones are refused: llama.cpp's ``gemma3n`` / ``gemma4`` layouts (per-layer
-embeddings, AltUp, LAuReL) are not written here, and this module has no reader to check them against.
+Gemma 3n backbones go through `gemma3.export_gguf_gemma3n` (llama.cpp's ``gemma3n`` layout); the layout of each
+text architecture is a `GgufLayout` record chosen by the config's ``model_type``. Gemma 4 is refused.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +63,6 @@ def llama_cpp_layer_types(num_layers: int) -> list[str]:
 
 def llama_cpp_problems(config) -> list[str]:
     """Why llama.cpp's ``gemma3`` architecture would run this text config differently; empty if it would not."""
-    if getattr(config, "model_type", None) != "gemma3_text":
-        return [f"the text backbone is {getattr(config, 'model_type', None)!r}; GGUF export covers Gemma 3 text "
-                "(gemma3_text) only"]  # fmt: skip
     problems = []
     want = llama_cpp_layer_types(config.num_hidden_layers)
     if list(config.layer_types) != want:
@@ -140,34 +139,12 @@ def _tensor_type(name: str, array: np.ndarray, gguf_type: str):
     return gguf.GGMLQuantizationType.F16
 
 
-def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name: str | None = None,
-               chat_template: str | None = None) -> dict:  # fmt: skip
-    """Write ``model``'s Gemma 3 text backbone with ``tokenizer`` to ``path``; returns a summary."""
+def _gemma3_keys(writer, config) -> None:
     import gguf
 
-    if gguf_type not in GGUF_TYPES:
-        raise ValueError(f"GGUF type {gguf_type!r}: choose one of {GGUF_TYPES}")
-    config, state = text_backbone(model)
-    problems = llama_cpp_problems(config)
-    if problems:
-        raise ValueError("llama.cpp would not run this language model as trained: " + "; ".join(problems))
-    tied = bool(getattr(config, "tie_word_embeddings", True))
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, config.num_hidden_layers)
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type]  # fmt: skip
-
-    writer = gguf.GGUFWriter(str(path), ARCH)
-    writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(name or "video-gemma export")
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
     writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_key_length(config.head_dim)
     writer.add_value_length(config.head_dim)
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_sliding_window(config.sliding_window)
     full = _rope(config, "full_attention")
     writer.add_rope_freq_base(float(full.get("rope_theta", 10000.0)))
@@ -176,12 +153,99 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name:
         writer.add_rope_scaling_factor(float(full["factor"]))
     if getattr(config, "final_logit_softcapping", None):
         writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
+
+
+def _gemma3_tensors(config, state: dict[str, torch.Tensor], tied: bool):
+    import gguf
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3, config.num_hidden_layers)
+    for hf_name, tensor in state.items():
+        if hf_name == "lm_head.weight" and tied:
+            continue
+        base, suffix = hf_name.rsplit(".", 1)
+        gguf_name = names.get_name(base)
+        if gguf_name is None:
+            raise ValueError(f"{hf_name}: no GGUF name in gguf-py's Gemma 3 table")
+        data = tensor.detach().to(torch.float32)
+        if hf_name.endswith("norm.weight"):
+            data = data + 1.0  # llama.cpp multiplies by the stored weight, Gemma's RMSNorm by (1 + w)
+        yield f"{gguf_name}.{suffix}", data
+
+
+@dataclass(frozen=True)
+class GgufLayout:
+    """How one text architecture goes into GGUF: llama.cpp's architecture name, the reasons it would run a config
+    differently, the keys beyond the common ones, the tensors under their GGUF names, and the ones kept f32."""
+
+    arch: str
+    problems: Callable
+    write_keys: Callable
+    tensors: Callable
+    f32: tuple[str, ...] = ()
+
+
+def _layouts() -> dict[str, GgufLayout]:
+    from gemma3 import export_gguf_gemma3n as g3n
+
+    return {
+        "gemma3_text": GgufLayout(ARCH, llama_cpp_problems, _gemma3_keys, _gemma3_tensors),
+        "gemma3n_text": GgufLayout(g3n.ARCH, g3n.problems, g3n.write_keys, g3n.tensors, g3n.F32_TENSORS),
+    }
+
+
+def layout_for(config) -> GgufLayout:
+    """The GGUF layout of a text config (a clear error naming the supported ones)."""
+    layouts = _layouts()
+    model_type = getattr(config, "model_type", None)
+    if model_type not in layouts:
+        raise ValueError(f"the text backbone is {model_type!r}; GGUF export covers {sorted(layouts)}")
+    return layouts[model_type]
+
+
+def export_problems(config) -> list[str]:
+    """Why this text config cannot be exported for llama.cpp as trained (empty when it can)."""
+    try:
+        return layout_for(config).problems(config)
+    except ValueError as err:
+        return [str(err)]
+
+
+def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name: str | None = None,
+               chat_template: str | None = None) -> dict:  # fmt: skip
+    """Write ``model``'s text backbone (Gemma 3 or 3n) with ``tokenizer`` to ``path``; returns a summary."""
+    import gguf
+
+    if gguf_type not in GGUF_TYPES:
+        raise ValueError(f"GGUF type {gguf_type!r}: choose one of {GGUF_TYPES}")
+    config, state = text_backbone(model)
+    layout = layout_for(config)
+    problems = layout.problems(config)
+    if problems:
+        raise ValueError("llama.cpp would not run this language model as trained: " + "; ".join(problems))
+    tied = bool(getattr(config, "tie_word_embeddings", True))
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type]  # fmt: skip
+
+    writer = gguf.GGUFWriter(str(path), layout.arch)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name or "video-gemma export")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    layout.write_keys(writer, config)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     tokens, scores, types = gguf_vocabulary(tokenizer)
-    if len(tokens) != config.vocab_size:
+    if len(tokens) > config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokens)} pieces, the model's vocab_size is {config.vocab_size}")
+    for i in range(len(tokens), config.vocab_size):  # the embedding's extra rows, as the converter pads them
+        tokens.append(f"[PAD{i}]")
+        scores.append(SPECIAL_SCORE)
+        types.append(UNUSED)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -201,30 +265,23 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name:
         writer.add_chat_template(template)
 
     counts: dict[str, int] = {}
-    for hf_name, tensor in state.items():
-        if hf_name == "lm_head.weight" and tied:
-            continue
-        base, suffix = hf_name.rsplit(".", 1)
-        gguf_name = names.get_name(base)
-        if gguf_name is None:
-            raise ValueError(f"{hf_name}: no GGUF name in gguf-py's Gemma 3 table")
-        data = tensor.detach().to(torch.float32)
-        if hf_name.endswith("norm.weight"):
-            data = data + 1.0  # llama.cpp multiplies by the stored weight, Gemma's RMSNorm by (1 + w)
+    for gguf_name, data in layout.tensors(config, state, tied):
         array = data.numpy()
-        qtype = _tensor_type(hf_name, array, gguf_type)
+        qtype = _tensor_type(gguf_name, array, gguf_type)
+        if gguf_name.rsplit(".", 1)[0].split(".")[-1] in layout.f32 or gguf_name.endswith("_norm.weight"):
+            qtype = gguf.GGMLQuantizationType.F32
         if qtype == gguf.GGMLQuantizationType.F16:
             array = array.astype(np.float16)
         elif qtype != gguf.GGMLQuantizationType.F32:
             array = gguf.quants.quantize(array, qtype)
-        writer.add_tensor(f"{gguf_name}.{suffix}", array, raw_dtype=qtype)
+        writer.add_tensor(gguf_name, array, raw_dtype=qtype)
         counts[qtype.name] = counts.get(qtype.name, 0) + 1
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file(progress=True)
     writer.close()
-    return {"architecture": ARCH, "type": gguf_type, "tensors": counts, "tied_output": tied,
+    return {"architecture": layout.arch, "type": gguf_type, "tensors": counts, "tied_output": tied,
             "layers": config.num_hidden_layers, "vocab_size": len(tokens)}  # fmt: skip
 
 
