@@ -19,7 +19,8 @@ Types: ``f32``, ``f16`` (2-D weights; norms and other 1-D tensors stay f32, as l
 and ``q8_0`` (weights whose rows are a multiple of 32 values; others fall back to f16, as the converter does).
 
 Gemma 3n backbones go through `gemma3.export_gguf_gemma3n` (llama.cpp's ``gemma3n`` layout); the layout of each
-text architecture is a `GgufLayout` record chosen by the config's ``model_type``. Gemma 4 is refused.
+text architecture is a `GgufLayout` record chosen by the config's ``model_type``; dense Gemma 4 goes through
+`gemma3.export_gguf_gemma4` (llama.cpp's ``gemma4`` layout).
 """
 
 from __future__ import annotations
@@ -113,6 +114,24 @@ def gguf_vocabulary(tokenizer) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
+def gguf_bpe_vocabulary(tokenizer) -> tuple[list[str], list[int], list[str]]:
+    """Tokens, types and merges as llama.cpp's converter writes a Gemma 4 vocabulary (its ``gemma4`` tokenizer:
+    BPE over the pieces as they are, with byte fallback): added special tokens CONTROL, other added tokens
+    USER_DEFINED, ``<0xNN>`` BYTE, the rest NORMAL; merges from the tokenizer's BPE model."""
+    import json
+
+    model = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    if model.get("type") != "BPE" or not model.get("merges"):
+        raise ValueError(f"llama.cpp's gemma4 vocabulary is BPE with merges; this tokenizer's model is "
+                         f"{model.get('type')!r} without merges")  # fmt: skip
+    tokens, _, types = gguf_vocabulary(tokenizer)
+    for i, piece in enumerate(tokens):  # pieces as they are (gguf_vocabulary writes runs of spaces for SentencePiece)
+        if types[i] == USER_DEFINED and piece.strip() == "" and i not in tokenizer.added_tokens_decoder:
+            tokens[i], types[i] = "\u2581" * len(piece), NORMAL
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return tokens, types, merges
+
+
 def text_backbone(model) -> tuple[object, dict[str, torch.Tensor]]:
     """(text config, state dict named as ``Gemma3ForCausalLM`` names it) of a causal LM, a native Gemma 3 VLM or the
     custom model's language model."""
@@ -139,7 +158,7 @@ def _tensor_type(name: str, array: np.ndarray, gguf_type: str):
     return gguf.GGMLQuantizationType.F16
 
 
-def _gemma3_keys(writer, config) -> None:
+def _gemma3_keys(writer, config, state=None) -> None:
     import gguf
 
     writer.add_feed_forward_length(config.intermediate_size)
@@ -182,14 +201,17 @@ class GgufLayout:
     write_keys: Callable
     tensors: Callable
     f32: tuple[str, ...] = ()
+    vocab: str = "llama"  # llama.cpp's tokenizer model: SentencePiece-style ("llama") or Gemma 4's BPE ("gemma4")
 
 
 def _layouts() -> dict[str, GgufLayout]:
     from gemma3 import export_gguf_gemma3n as g3n
+    from gemma3 import export_gguf_gemma4 as g4
 
     return {
         "gemma3_text": GgufLayout(ARCH, llama_cpp_problems, _gemma3_keys, _gemma3_tensors),
         "gemma3n_text": GgufLayout(g3n.ARCH, g3n.problems, g3n.write_keys, g3n.tensors, g3n.F32_TENSORS),
+        "gemma4_text": GgufLayout(g4.ARCH, g4.problems, g4.write_keys, g4.tensors, vocab="gemma4"),
     }
 
 
@@ -212,7 +234,7 @@ def export_problems(config) -> list[str]:
 
 def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name: str | None = None,
                chat_template: str | None = None) -> dict:  # fmt: skip
-    """Write ``model``'s text backbone (Gemma 3 or 3n) with ``tokenizer`` to ``path``; returns a summary."""
+    """Write ``model``'s text backbone (Gemma 3, 3n or 4) with ``tokenizer`` to ``path``; returns a summary."""
     import gguf
 
     if gguf_type not in GGUF_TYPES:
@@ -235,19 +257,26 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name:
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-    layout.write_keys(writer, config)
+    layout.write_keys(writer, config, state)
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    tokens, scores, types = gguf_vocabulary(tokenizer)
+    if layout.vocab == "gemma4":
+        tokens, types, merges = gguf_bpe_vocabulary(tokenizer)
+        scores = [SPECIAL_SCORE] * len(tokens)
+    else:
+        tokens, scores, types = gguf_vocabulary(tokenizer)
     if len(tokens) > config.vocab_size:
         raise ValueError(f"the tokenizer has {len(tokens)} pieces, the model's vocab_size is {config.vocab_size}")
     for i in range(len(tokens), config.vocab_size):  # the embedding's extra rows, as the converter pads them
         tokens.append(f"[PAD{i}]")
         scores.append(SPECIAL_SCORE)
         types.append(UNUSED)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_model(layout.vocab)
+    if layout.vocab == "gemma4":
+        writer.add_token_merges(merges)
+    else:
+        writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_scores(scores)
     writer.add_token_types(types)

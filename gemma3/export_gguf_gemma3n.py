@@ -88,7 +88,7 @@ def problems(config) -> list[str]:
     return out
 
 
-def write_keys(writer, config) -> None:
+def write_keys(writer, config, state=None) -> None:
     """The ``gemma3n.*`` keys beyond the common ones, as llama.cpp's converter writes them."""
     from torch.distributions import Normal
 
@@ -197,7 +197,7 @@ def read_gguf_gemma3n(path, dtype: torch.dtype = torch.float32):
         else:
             base, suffix = hf_name.rsplit(".", 1)
             state[hf_name] = arrays[f"{names.get_name(base)}.{suffix}"]
-    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     return model.to(dtype).eval()
 
 
