@@ -178,23 +178,32 @@ def timeline_png(reference: Sequence[Event], predicted: Sequence[Event], out: st
     return Path(out)
 
 
-def feedback_events(records: Sequence[dict], when: str = "end") -> list[Event]:
-    """The feedback a stream emitted (`gemma3.stream` JSONL records): an event whenever a window's action differs
-    from the previous window's, at the window's end (``when="end"``: when a live system could speak) or middle."""
+def feedback_events(records: Sequence[dict], when: str = "end", min_windows: int = 1) -> list[Event]:
+    """The feedback a stream emitted (`gemma3.stream` JSONL records): an event whenever the action changes, at the
+    end (``when="end"``: when a live system could speak) or middle of the window that settles it. With
+    ``min_windows`` k > 1 a new action must be predicted by k consecutive windows first (a single window that
+    flickers to another action says nothing), and the event is timed at the k-th."""
     if when not in ("end", "middle"):
         raise ValueError(f"when={when!r}: end or middle")
-    events, previous = [], None
+    if min_windows < 1:
+        raise ValueError(f"min_windows={min_windows}: at least 1")
+    events, spoken, run, count = [], None, None, 0
     for r in sorted(records, key=lambda r: r["start"]):
         action = normalize(r.get("action") or "")
-        if action and action != previous:
+        if not action:
+            continue
+        count = count + 1 if action == run else 1
+        run = action
+        if count == min_windows and action != spoken:
             t = r["end"] if when == "end" else (r["start"] + r["end"]) / 2
             events.append(Event(float(t), r.get("reply") or action, r.get("action")))
-        previous = action or previous
+            spoken = action
     return events
 
 
 def evaluate_streams(ground_truth: str | Path, streams: str | Path, out: str | Path | None = None,
-                     tolerance: float = DEFAULT_TOLERANCE, when: str = "end", embed=None) -> dict:  # fmt: skip
+                     tolerance: float = DEFAULT_TOLERANCE, when: str = "end", embed=None,
+                     min_windows: int = 1) -> dict:  # fmt: skip
     """Score stream outputs (``<streams>/<video stem>.jsonl``) against a ``timed.json`` ground truth: temporal
     P/R/F, text metrics on matched pairs, per-window action accuracy; a timeline PNG per video in ``out``."""
     records = json.loads(Path(ground_truth).read_text())
@@ -210,7 +219,7 @@ def evaluate_streams(ground_truth: str | Path, streams: str | Path, out: str | P
             stream = []
         else:
             stream = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        predicted = feedback_events(stream, when)
+        predicted = feedback_events(stream, when, min_windows)
         videos.append((reference, predicted))
         acc, n = window_accuracy(stream, reference)
         windows_ok += acc * n
@@ -220,9 +229,10 @@ def evaluate_streams(ground_truth: str | Path, streams: str | Path, out: str | P
     if missing:
         logger.warning("%d videos have no stream output (counted as silent): %s", len(missing), missing[:5])
     temporal = temporal_scores(videos, tolerance)
-    result = {"tolerance_s": tolerance, "feedback_time": when, "precision": temporal.precision,
-              "recall": temporal.recall, "f_score": temporal.f_score, "references": temporal.references,
-              "predictions": temporal.predictions, **text_scores(temporal.pairs, embed),
+    result = {"tolerance_s": tolerance, "feedback_time": when, "min_windows": min_windows,
+              "precision": temporal.precision, "recall": temporal.recall, "f_score": temporal.f_score,
+              "references": temporal.references, "predictions": temporal.predictions,
+              **text_scores(temporal.pairs, embed),
               "window_accuracy": windows_ok / windows_n if windows_n else 0.0, "windows": windows_n,
               "missing_streams": len(missing)}  # fmt: skip
     if out:
@@ -238,6 +248,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE)
     ap.add_argument("--feedback_time", choices=("end", "middle"), default="end")
     ap.add_argument("--embeddings", action="store_true", help="add MiniLM cosine on matched pairs")
+    ap.add_argument("--min_windows", type=int, default=1, help="consecutive windows that settle a new action")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     embed = None
@@ -245,7 +256,8 @@ def main(argv: list[str] | None = None) -> dict:
         from eval.metrics import MiniLMEmbedder
 
         embed = MiniLMEmbedder()
-    result = evaluate_streams(args.ground_truth, args.streams, args.out, args.tolerance, args.feedback_time, embed)
+    result = evaluate_streams(args.ground_truth, args.streams, args.out, args.tolerance, args.feedback_time, embed,
+                              args.min_windows)  # fmt: skip
     logger.info("%s", json.dumps(result, indent=2))
     return result
 

@@ -153,8 +153,10 @@ def build_demo(session: CoachSession):
                 status = gr.Markdown(elem_id="status")
                 action = gr.Markdown(elem_id="action")
                 stats = gr.Markdown(elem_id="stats")
+                timeline = gr.Image(
+                    type="filepath", label="Timeline", elem_id="timeline", interactive=False, height=220
+                )
                 feedback = gr.Markdown(elem_id="feedback")
-                timeline = gr.Image(type="filepath", label="Timeline", elem_id="timeline", interactive=False)
         run.click(session.analyze, [video, window, stride, prompt], [status, action, feedback, stats, timeline])
     return demo
 

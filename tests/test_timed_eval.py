@@ -102,7 +102,7 @@ def test_long_videos_have_their_boundaries_where_the_ground_truth_says(tmp_path)
     from gemma3.data.long_videos import GROUND_TRUTH, LongVideoConfig, make_long_videos
     from mm_utils import read_video
 
-    cfg = LongVideoConfig(videos=2, segments=3, min_seconds=2.0, max_seconds=3.0, size=32, seed=1)
+    cfg = LongVideoConfig(videos=2, segments=3, min_seconds=2.0, max_seconds=5.0, size=32, seed=1)
     records = make_long_videos(tmp_path, cfg)
     assert json.loads((tmp_path / GROUND_TRUTH).read_text()) == records
     for rec in records:
@@ -119,6 +119,13 @@ def test_long_videos_have_their_boundaries_where_the_ground_truth_says(tmp_path)
             jump = np.abs(frames[b] - frames[b - 1]).mean()
             steady = np.abs(frames[b - 1] - frames[b - 2]).mean()
             assert jump > 2 * steady, (s, jump, steady)
+        rep = cfg.rep_frames
+        for s in segments:  # whole repetitions of a training-length clip
+            a, b = int(round(s["start"] * cfg.fps)), int(round(s["end"] * cfg.fps))
+            assert (b - a) % rep == 0
+            for r in range(a + rep, b, rep):  # each repetition decodes like the first (h264 rounding aside)
+                assert np.abs(frames[r : r + rep] - frames[a : a + rep]).mean() < 3
+        assert any(s["end"] - s["start"] > rep / cfg.fps for rec in records for s in rec["segments"])
 
 
 def test_stream_outputs_become_feedback_events_and_are_scored(tmp_path):
@@ -133,6 +140,12 @@ def test_stream_outputs_become_feedback_events_and_are_scored(tmp_path):
     events = feedback_events(stream)
     assert [(e.t, e.label) for e in events] == [(2.0, "squat"), (4.0, "lunge")]  # on change, at the window's end
     assert [e.t for e in feedback_events(stream, when="middle")] == [1.0, 3.0]
+    # settling: a one-window flicker says nothing; a new action is spoken at its second window
+    flicker = stream[:2] + [window(2, "plank")] + [window(k, "lunge") for k in (3, 4, 5)]
+    assert [(e.t, e.label) for e in feedback_events(flicker)] == [(2.0, "squat"), (4.0, "plank"), (5.0, "lunge")]
+    assert [(e.t, e.label) for e in feedback_events(flicker, min_windows=2)] == [(3.0, "squat"), (6.0, "lunge")]
+    with pytest.raises(ValueError, match="at least 1"):
+        feedback_events(stream, min_windows=0)
     truth = [
         {"video": "videos/a.mp4", "events": [{"t": 0.0, "text": "squat - note", "label": "squat"},
                                              {"t": 3.0, "text": "lunge - note", "label": "lunge"}]},

@@ -4,7 +4,10 @@
 
 Each video chains action segments of the synthetic action set (`gemma3.data.synthetic.render_clip`: the same
 shapes, colours and backgrounds the main job trains on), each segment 3-8 s long with its own shape and background,
-so every boundary is a visible change. The ground truth (``timed.json``) lists, per video, one event at the start of
+so every boundary is a visible change. A segment repeats one clip of the training clips' length (``rep_frames``,
+16 frames = 2 s at 8 fps), like the repetitions of an exercise: any window of that length shows the motion at the
+speed the model was trained on (one 6 s sweep would move three times slower than any training clip). Segment
+lengths are rounded to whole repetitions. The ground truth (``timed.json``) lists, per video, one event at the start of
 every segment: ``{"t": seconds, "text": <feedback>, "label": <action>}``, the format `eval.timed` reads, plus the
 segment boundaries and the duration.
 
@@ -38,6 +41,7 @@ class LongVideoConfig:
     size: int = 64
     seed: int = 0
     classes: tuple[str, ...] = ACTIONS
+    rep_frames: int = SyntheticConfig().num_frames  # frames per repetition: the training clips' length
 
 
 def feedback_text(action: str, shape: str) -> str:
@@ -51,9 +55,11 @@ def make_long_video(rng: np.random.Generator, cfg: LongVideoConfig) -> tuple[np.
     previous = None
     for _ in range(cfg.segments):
         action = str(rng.choice([a for a in cfg.classes if a != previous]))  # consecutive segments differ
-        n = int(round(rng.uniform(cfg.min_seconds, cfg.max_seconds) * cfg.fps))
-        clip, params = render_clip(action, rng, replace(SyntheticConfig(), num_frames=n, size=cfg.size, fps=cfg.fps))
-        frames.append(clip)
+        reps = max(1, int(round(rng.uniform(cfg.min_seconds, cfg.max_seconds) * cfg.fps / cfg.rep_frames)))
+        rep_cfg = replace(SyntheticConfig(), num_frames=cfg.rep_frames, size=cfg.size, fps=cfg.fps)
+        clip, params = render_clip(action, rng, rep_cfg)
+        n = reps * cfg.rep_frames
+        frames.append(np.concatenate([clip] * reps))
         segments.append({"start": t / cfg.fps, "end": (t + n) / cfg.fps, "label": action,
                          "text": feedback_text(action, params["shape"])})  # fmt: skip
         t += n
@@ -91,10 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fps", type=int, default=8)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rep_frames", type=int, default=SyntheticConfig().num_frames, help="frames per repetition")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = LongVideoConfig(args.videos, args.segments, args.min_seconds, args.max_seconds, args.fps, args.size,
-                          args.seed)  # fmt: skip
+                          args.seed, rep_frames=args.rep_frames)  # fmt: skip
     make_long_videos(args.out, cfg)
 
 
