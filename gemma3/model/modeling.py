@@ -18,6 +18,7 @@ from constants import IGNORE_INDEX
 from gemma3.model import backbones
 from gemma3.model.configuration import ProjectorConfig, VideoGemmaConfig, VideoMambaConfig
 from gemma3.model.encoders import CLIPImageEncoder, clip_to_imagenet, select_keyframes
+from gemma3.model.feature_cache import FeatureCache, stochastic, weights_fingerprint
 from gemma3.model.projector import ETPProjector
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
             self.video_projector = ETPProjector(
                 vcfg.embed_dim, hidden, vcfg.out_grid, proj.video_output_grid, proj.hidden_act, proj.use_norm
             )
+        self.feature_cache: FeatureCache | None = None  # set by training when a stage freezes the encoders
+        self._fingerprint: tuple[int, str] | None = None  # (parameter versions, encoder weights hash)
         self.post_init()
 
     # ---- embeddings plumbing expected by GenerationMixin / PEFT ----
@@ -109,7 +112,31 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
         """pixel_values [N, 3, S, S] -> image soft tokens [N, image_output_grid**2, hidden]."""
         if self.image_encoder is None:
             raise ValueError("This model was built without an image encoder (use_image_encoder=False)")
-        return self.image_projector(self.image_encoder(pixel_values))
+        (tokens,) = self._encoded("image", pixel_values, lambda px: (self.image_encoder(px),))  # [N, n, Dc]
+        return self.image_projector(tokens)
+
+    def _encode_videos(self, pixel_values_videos: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The encoders' part of `get_video_features`: (CLIP tokens of the key frames [V, K, N, Dc] or None,
+        VideoMamba tokens of the key frames [V, K, gv*gv, Dv] or None)."""
+        cfg = self.config
+        v, t = pixel_values_videos.shape[:2]
+        key_clip = None
+        if self.image_encoder is not None:
+            clip_tokens = self.image_encoder(pixel_values_videos.flatten(0, 1))  # [V*T, N, Dc]
+            clip_tokens = clip_tokens.unflatten(0, (v, t))  # [V, T, N, Dc]
+            keep = select_keyframes(clip_tokens, cfg.keyframe_chunk_size, cfg.keyframes_per_chunk)  # [V, K]
+            rows = torch.arange(v, device=keep.device)[:, None]  # [V, 1]
+            key_clip = clip_tokens[rows, keep]  # [V, K, N, Dc]
+        else:
+            keep = torch.linspace(0, t - 1, cfg.num_keyframes, device=pixel_values_videos.device).round().long()
+            keep = keep.expand(v, cfg.num_keyframes)
+        mamba_tokens = None
+        if self.video_encoder is not None:
+            rows = torch.arange(v, device=keep.device)[:, None]  # [V, 1]
+            key_pixels = pixel_values_videos[rows, keep]  # [V, K, 3, S, S]
+            dtype = next(self.video_encoder.parameters()).dtype
+            mamba_tokens = self.video_encoder(clip_to_imagenet(key_pixels.float()).to(dtype))  # [V, K, gv*gv, Dv]
+        return key_clip, mamba_tokens
 
     def get_video_features(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         """pixel_values_videos [V, T, 3, S, S] (CLIP-normalised) -> video soft tokens [V, num_video_tokens, hidden].
@@ -117,33 +144,44 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
         CLIP encodes every frame; attention-based selection keeps the key frames; VideoMamba encodes the key frames.
         Per key frame the VideoMamba tokens come first, then that frame's CLIP tokens.
         """
-        cfg = self.config
         v, t = pixel_values_videos.shape[:2]
-        if t != cfg.num_frames:
-            raise ValueError(f"Videos must have num_frames={cfg.num_frames} frames, got {t}")
+        if t != self.config.num_frames:
+            raise ValueError(f"Videos must have num_frames={self.config.num_frames} frames, got {t}")
+        key_clip, mamba_tokens = self._encoded("video", pixel_values_videos, self._encode_videos)
         parts = []
-        if self.image_encoder is not None:
-            clip_tokens = self.image_encoder(pixel_values_videos.flatten(0, 1))  # [V*T, N, Dc]
-            clip_tokens = clip_tokens.unflatten(0, (v, t))  # [V, T, N, Dc]
-            keep = select_keyframes(clip_tokens, cfg.keyframe_chunk_size, cfg.keyframes_per_chunk)  # [V, K]
-            rows = torch.arange(v, device=keep.device)[:, None]  # [V, 1]
-            key_clip = clip_tokens[rows, keep]  # [V, K, N, Dc]
-            k = keep.shape[1]
-            clip_soft = self.image_projector(key_clip.flatten(0, 1)).unflatten(0, (v, k))  # [V, K, gi*gi, H]
-        else:
-            k = cfg.num_keyframes
-            keep = torch.linspace(0, t - 1, k, device=pixel_values_videos.device).round().long().expand(v, k)
-            clip_soft = None
-        if self.video_encoder is not None:
-            rows = torch.arange(v, device=keep.device)[:, None]  # [V, 1]
-            key_pixels = pixel_values_videos[rows, keep]  # [V, K, 3, S, S]
-            dtype = next(self.video_encoder.parameters()).dtype
-            mamba_tokens = self.video_encoder(clip_to_imagenet(key_pixels.float()).to(dtype))  # [V, K, gv*gv, Dv]
-            video_soft = self.video_projector(mamba_tokens.flatten(0, 1)).unflatten(0, (v, k))  # [V, K, g*g, H]
-            parts.append(video_soft)
-        if clip_soft is not None:
-            parts.append(clip_soft)
+        if mamba_tokens is not None:
+            k = mamba_tokens.shape[1]
+            parts.append(self.video_projector(mamba_tokens.flatten(0, 1)).unflatten(0, (v, k)))  # [V, K, g*g, H]
+        if key_clip is not None:
+            k = key_clip.shape[1]
+            parts.append(self.image_projector(key_clip.flatten(0, 1)).unflatten(0, (v, k)))  # [V, K, gi*gi, H]
         return torch.cat(parts, dim=2).flatten(1, 2)  # [V, K*(gv*gv + gi*gi), H]
+
+    def _encoded(self, kind: str, pixels: torch.Tensor, encode) -> tuple:
+        """``encode(pixels)`` (a tuple of [N, ...] tensors or None), through ``self.feature_cache`` when one is set,
+        every encoder parameter is frozen and no encoder layer is stochastic in the current mode."""
+        cache = self.feature_cache
+        encoders = [m for m in (self.image_encoder, self.video_encoder) if m is not None]
+        if cache is None or any(p.requires_grad for m in encoders for p in m.parameters()):
+            return encode(pixels)
+        if any(stochastic(m) for m in encoders):
+            return encode(pixels)
+        versions = sum(p._version for m in encoders for p in (*m.parameters(), *m.buffers()))
+        if self._fingerprint is None or self._fingerprint[0] != versions:  # weights changed in place: re-hash
+            self._fingerprint = (versions, weights_fingerprint(encoders))
+        keys = [cache.key(x, f"{kind}:{self._fingerprint[1]}") for x in pixels]
+        found = [cache.get(k) for k in keys]
+        missing = [i for i, entry in enumerate(found) if entry is None]
+        if missing:
+            with torch.no_grad():
+                computed = encode(pixels[missing])
+            for j, i in enumerate(missing):
+                found[i] = tuple(None if c is None else c[j] for c in computed)
+                cache.put(keys[i], found[i])
+        return tuple(
+            None if found[0][n] is None else torch.stack([e[n] for e in found]).to(pixels.device)
+            for n in range(len(found[0]))
+        )
 
     def _scatter(
         self, embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, features: torch.Tensor | None, kind: str

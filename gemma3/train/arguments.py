@@ -86,6 +86,10 @@ class TrainingArguments(HFTrainingArguments):
         default=None, metadata={"help": "fraction of steps for warm-up (seed-recipe flag; sets warmup_steps)"}
     )
     plot_loss: bool = field(default=True)
+    feature_cache: str = field(
+        default="memory",
+        metadata={"help": "frozen encoders' outputs computed once per clip: memory | off | a folder (kept on disk)"},
+    )
     output_dir: str = field(default="outputs/run")
     report_to: str | list[str] = field(default="none")
 

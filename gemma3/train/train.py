@@ -87,6 +87,17 @@ def component_flags(
     }
 
 
+def attach_feature_cache(model, flags: dict[str, bool], setting: str) -> None:
+    """Give the custom model a frozen-encoder feature cache when this stage trains neither encoder (``setting``:
+    ``memory``, ``off`` or a folder to keep it on disk across runs and stages)."""
+    if setting == "off" or flags["image_encoder"] or flags["video_encoder"] or not hasattr(model, "feature_cache"):
+        return
+    from gemma3.model.feature_cache import FeatureCache
+
+    model.feature_cache = FeatureCache(None if setting == "memory" else setting)
+    logger.info("Encoders frozen: their outputs are computed once per clip and reused (feature cache: %s)", setting)
+
+
 def quantization_config(bits: int):
     """BitsAndBytesConfig for 4/8-bit loading; a clear error without CUDA."""
     if bits == 16:
@@ -299,6 +310,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
     logger.info("Model family: %s (%s)", family.name, family.kind)
     model, processor, processing, plugin, template = setup(family, model_args, data_args, train_args)
     flags = component_flags(model_args, train_args)
+    attach_feature_cache(model, flags, train_args.feature_cache)
     model = apply_trainable(model, flags, family, model_args)
     if train_args.gradient_checkpointing and not train_args.gradient_checkpointing_kwargs:
         train_args.gradient_checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs
@@ -346,6 +358,9 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
     stats = getattr(train_ds, "stats", None)
     if stats is not None:
         logger.info("Data: %s", stats)
+    cache = getattr(trainer.accelerator.unwrap_model(trainer.model), "feature_cache", None)
+    if cache is not None:
+        logger.info("Feature cache: %s", cache.stats())
     if model_args.merge_lora and is_peft_model(trainer.model) and trainer.is_world_process_zero():
         # Rebuilt from the saved output (which this also checks), so the trained model is left as it is.
         merged_dir = out / "merged"
@@ -358,6 +373,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         "family": family.name,
         "global_step": trainer.state.global_step,
         "train_loss": result.training_loss,
+        "train_runtime": result.metrics.get("train_runtime"),
         "losses": losses,
         "model": trainer.accelerator.unwrap_model(trainer.model),
         "optimizer_groups": [
