@@ -174,6 +174,19 @@ def _gemma3_keys(writer, config, state=None) -> None:
         writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
 
 
+def gguf_tensor_name(names, hf_name: str) -> str:
+    """The GGUF name of a transformers parameter through gguf-py's table ``names`` (a bare parameter such as
+    ``layer_scalar`` gets ``.weight``, as the converter appends it); a clear error when the table has none."""
+    base, _, suffix = hf_name.rpartition(".")
+    if suffix in ("weight", "bias"):
+        found = names.get_name(base)
+    else:
+        found, suffix = names.get_name(hf_name), "weight"
+    if found is None:
+        raise ValueError(f"{hf_name}: no GGUF name in gguf-py's table for this architecture")
+    return f"{found}.{suffix}"
+
+
 def _gemma3_tensors(config, state: dict[str, torch.Tensor], tied: bool):
     import gguf
 
@@ -181,14 +194,10 @@ def _gemma3_tensors(config, state: dict[str, torch.Tensor], tied: bool):
     for hf_name, tensor in state.items():
         if hf_name == "lm_head.weight" and tied:
             continue
-        base, suffix = hf_name.rsplit(".", 1)
-        gguf_name = names.get_name(base)
-        if gguf_name is None:
-            raise ValueError(f"{hf_name}: no GGUF name in gguf-py's Gemma 3 table")
         data = tensor.detach().to(torch.float32)
         if hf_name.endswith("norm.weight"):
             data = data + 1.0  # llama.cpp multiplies by the stored weight, Gemma's RMSNorm by (1 + w)
-        yield f"{gguf_name}.{suffix}", data
+        yield gguf_tensor_name(names, hf_name), data
 
 
 @dataclass(frozen=True)
@@ -382,22 +391,34 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, with_tokeniz
     return model.eval(), tokenizer
 
 
-def llama_cpp_next_tokens(path: str | Path, sequences: list[list[int]], threads: int = 2) -> list[np.ndarray]:
-    """llama.cpp's teacher-forced next-token choice at every position of each token sequence (llama-cpp-python,
-    an optional extra: ``pip install -r requirements-llama.txt``)."""
+def _llama_cpp_scores(path: str | Path, sequences: list[list[int]], threads: int, f32_cache: bool):
+    """llama.cpp's teacher-forced logits [L, V] of each token sequence, one sequence at a time."""
     try:
         from llama_cpp import Llama
     except ImportError as err:
         raise ImportError("llama-cpp-python is not installed: pip install -r requirements-llama.txt") from err
 
     longest = max(len(s) for s in sequences)
-    llm = Llama(model_path=str(path), logits_all=True, n_ctx=max(64, longest), n_threads=threads, verbose=False)
+    cache = {"type_k": 0, "type_v": 0} if f32_cache else {}  # GGML_TYPE_F32
+    llm = Llama(model_path=str(path), logits_all=True, n_ctx=max(64, longest), n_threads=threads, verbose=False,
+                **cache)  # fmt: skip
     try:
-        choices = []
         for ids in sequences:
             llm.reset()
             llm.eval(list(ids))
-            choices.append(np.asarray(llm.scores[: len(ids)]).argmax(-1))  # [L]
-        return choices
+            yield np.array(llm.scores[: len(ids)])  # a copy: llama-cpp-python reuses the buffer
     finally:
         llm.close()
+
+
+def llama_cpp_logits(path: str | Path, sequences: list[list[int]], threads: int = 2,
+                     f32_cache: bool = False) -> list[np.ndarray]:  # fmt: skip
+    """llama.cpp's teacher-forced logits [L, V] at every position of each token sequence (llama-cpp-python, an
+    optional extra: ``pip install -r requirements-llama.txt``); ``f32_cache`` keeps the KV cache in f32 instead of
+    llama.cpp's default f16, to compare the graph rather than the cache's rounding."""
+    return list(_llama_cpp_scores(path, sequences, threads, f32_cache))
+
+
+def llama_cpp_next_tokens(path: str | Path, sequences: list[list[int]], threads: int = 2) -> list[np.ndarray]:
+    """llama.cpp's teacher-forced next-token choice [L] at every position of each token sequence."""
+    return [logits.argmax(-1) for logits in _llama_cpp_scores(path, sequences, threads, False)]

@@ -121,6 +121,8 @@ def tensors(config, state: dict[str, torch.Tensor], tied: bool) -> Iterator[tupl
     """(GGUF name, tensor) pairs in llama.cpp's gemma3n layout, from a ``Gemma3nForCausalLM`` state dict."""
     import gguf
 
+    from gemma3.export_gguf import gguf_tensor_name
+
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3N, config.num_hidden_layers)
     state = dict(state)
     for layer in range(KV_LAYERS, config.num_hidden_layers):  # transformers 5.x keeps no K / V on shared layers
@@ -139,14 +141,7 @@ def tensors(config, state: dict[str, torch.Tensor], tied: bool) -> Iterator[tupl
         if hf_name in ("model.embed_tokens.weight", "model.embed_tokens_per_layer.weight"):
             pad = config.vocab_size - data.shape[0]
             data = torch.cat([data, data.new_zeros(pad, data.shape[1])]) if pad > 0 else data
-        if hf_name.endswith("correct_output_scale"):
-            yield f"{names.get_name(hf_name)}.weight", data
-            continue
-        base, suffix = hf_name.rsplit(".", 1)
-        gguf_name = names.get_name(base)
-        if gguf_name is None:
-            raise ValueError(f"{hf_name}: no GGUF name in gguf-py's Gemma 3n table")
-        yield f"{gguf_name}.{suffix}", data
+        yield gguf_tensor_name(names, hf_name), data
     for base, parts in stacked.items():
         yield f"{STACKED[base]}.weight", torch.stack([t.detach().to(torch.float32) for _, t in sorted(parts)])
 
@@ -156,6 +151,8 @@ def read_gguf_gemma3n(path, dtype: torch.dtype = torch.float32):
     no Gemma 3n GGUF reader; the vocabulary is checked through llama.cpp)."""
     import gguf
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
+
+    from gemma3.export_gguf import gguf_tensor_name
 
     reader = gguf.GGUFReader(str(path))
 
@@ -192,11 +189,8 @@ def read_gguf_gemma3n(path, dtype: torch.dtype = torch.float32):
         match = re.fullmatch(STACK_PART, hf_name)
         if match:
             state[hf_name] = arrays[f"{STACKED[match.group(1)]}.weight"][int(match.group(2))]
-        elif hf_name.endswith("correct_output_scale"):
-            state[hf_name] = arrays[f"{names.get_name(hf_name)}.weight"]
         else:
-            base, suffix = hf_name.rsplit(".", 1)
-            state[hf_name] = arrays[f"{names.get_name(base)}.{suffix}"]
+            state[hf_name] = arrays[gguf_tensor_name(names, hf_name)]
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     return model.to(dtype).eval()
 

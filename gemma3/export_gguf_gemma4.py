@@ -110,6 +110,8 @@ def tensors(config, state: dict[str, torch.Tensor], tied: bool) -> Iterator[tupl
     """(GGUF name, tensor) pairs in llama.cpp's gemma4 layout, from a ``Gemma4ForCausalLM`` state dict."""
     import gguf
 
+    from gemma3.export_gguf import gguf_tensor_name
+
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA4, config.num_hidden_layers)
     yield "rope_freqs.weight", rope_freqs(config, _dims(config, state)["head_full"])
     for hf_name, tensor in state.items():
@@ -118,14 +120,7 @@ def tensors(config, state: dict[str, torch.Tensor], tied: bool) -> Iterator[tupl
         data = tensor.detach().to(torch.float32)
         if hf_name == "model.embed_tokens_per_layer.weight" and data.shape[0] < config.vocab_size:
             data = torch.cat([data, data.new_zeros(config.vocab_size - data.shape[0], data.shape[1])])
-        if hf_name.endswith("layer_scalar"):
-            yield f"{names.get_name(hf_name)}.weight", data
-            continue
-        base, suffix = hf_name.rsplit(".", 1)
-        gguf_name = names.get_name(base)
-        if gguf_name is None:
-            raise ValueError(f"{hf_name}: no GGUF name in gguf-py's Gemma 4 table")
-        yield f"{gguf_name}.{suffix}", data
+        yield gguf_tensor_name(names, hf_name), data
 
 
 def read_gguf_gemma4(path, dtype: torch.dtype = torch.float32):
@@ -133,6 +128,7 @@ def read_gguf_gemma4(path, dtype: torch.dtype = torch.float32):
     import gguf
     from transformers.models.gemma4 import Gemma4ForCausalLM, Gemma4TextConfig
 
+    from gemma3.export_gguf import gguf_tensor_name
     from gemma3.export_gguf_gemma3n import _array
 
     reader = gguf.GGUFReader(str(path))
@@ -176,10 +172,7 @@ def read_gguf_gemma4(path, dtype: torch.dtype = torch.float32):
     for hf_name in model.state_dict():
         if hf_name == "lm_head.weight":
             state[hf_name] = arrays["output.weight" if "output.weight" in arrays else "token_embd.weight"]
-        elif hf_name.endswith("layer_scalar"):
-            state[hf_name] = arrays[f"{names.get_name(hf_name)}.weight"].reshape(1)
         else:
-            base, suffix = hf_name.rsplit(".", 1)
-            state[hf_name] = arrays[f"{names.get_name(base)}.{suffix}"]
+            state[hf_name] = arrays[gguf_tensor_name(names, hf_name)].reshape(model.state_dict()[hf_name].shape)
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     return model.to(dtype).eval()

@@ -134,8 +134,9 @@ def test_llama_cpp_runs_the_export_like_the_model(exported, monkeypatch):
     (n - 1), transformers the population one. At this model's 1024-wide FFN that moves the cut-off by 5e-4 and its
     logits by up to 0.10; at Gemma 3n E2B's 8192 by 6e-5."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is an optional extra (requirements-llama.txt)")
-    from llama_cpp import Llama
     from transformers.models.gemma3n import modeling_gemma3n
+
+    from gemma3.export_gguf import llama_cpp_logits
 
     def sample_std_topk(self, x):  # [.., F]
         cut = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(self.activation_sparsity))
@@ -145,17 +146,7 @@ def test_llama_cpp_runs_the_export_like_the_model(exported, monkeypatch):
 
     _, files = exported
     ids = _ids()
-    f32 = 0  # GGML_TYPE_F32
-    llm = Llama(model_path=str(files["f32"]), logits_all=True, n_ctx=64, n_threads=2, verbose=False, type_k=f32,
-                type_v=f32)  # fmt: skip
-    try:
-        got = []
-        for row in ids.tolist():
-            llm.reset()
-            llm.eval(row)
-            got.append(np.array(llm.scores[: len(row)]))  # a copy: the buffer is reused
-    finally:
-        llm.close()
+    got = llama_cpp_logits(files["f32"], ids.tolist(), f32_cache=True)
     got = np.stack(got)  # [B, L, V]
     with torch.no_grad():
         want = read_gguf_gemma3n(files["f32"])(ids).logits.numpy()

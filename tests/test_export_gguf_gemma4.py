@@ -165,21 +165,11 @@ def test_llama_cpp_runs_the_export_like_the_model(exported):
     weights: logits close, and the same choice wherever transformers' top two are further apart than twice the
     largest difference seen."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is an optional extra (requirements-llama.txt)")
-    from llama_cpp import Llama
+    from gemma3.export_gguf import llama_cpp_logits
 
     model, files = exported
     ids = _ids()
-    f32 = 0  # GGML_TYPE_F32
-    llm = Llama(model_path=str(files["f32"]), logits_all=True, n_ctx=64, n_threads=2, verbose=False, type_k=f32,
-                type_v=f32)  # fmt: skip
-    try:
-        got = []
-        for row in ids.tolist():
-            llm.reset()
-            llm.eval(row)
-            got.append(np.array(llm.scores[: len(row)]))  # a copy: the buffer is reused
-    finally:
-        llm.close()
+    got = llama_cpp_logits(files["f32"], ids.tolist(), f32_cache=True)
     got = np.stack(got)  # [B, L, V]
     with torch.no_grad():
         want = model(ids).logits.numpy()
