@@ -46,7 +46,7 @@ NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 SPECIAL_SCORE = -1000.0  # what the converter gives control and user-defined pieces
 
 
-def _rope(config, layer_type: str) -> dict:
+def rope_parameters(config, layer_type: str) -> dict:
     params = getattr(config, "rope_parameters", None) or {}
     return dict(params.get(layer_type, params)) if isinstance(params, dict) else {}
 
@@ -72,12 +72,12 @@ def llama_cpp_problems(config) -> list[str]:
     if not math.isclose(float(config.query_pre_attn_scalar), llama_cpp_scale_scalar(config)):
         problems.append(f"query_pre_attn_scalar is {config.query_pre_attn_scalar}; llama.cpp scales queries by "
                         f"1/sqrt({llama_cpp_scale_scalar(config):g})")  # fmt: skip
-    local = _rope(config, "sliding_attention")
+    local = rope_parameters(config, "sliding_attention")
     if float(local.get("rope_theta", SWA_ROPE_BASE)) != SWA_ROPE_BASE or local.get("rope_type", "default") != "default":
         problems.append(f"sliding layers use RoPE {local}; llama.cpp fixes base {SWA_ROPE_BASE:g}, no scaling")
     if getattr(config, "attn_logit_softcapping", None):
         problems.append("attn_logit_softcapping is set; llama.cpp's gemma3 graph has no attention soft-capping")
-    full = _rope(config, "full_attention")
+    full = rope_parameters(config, "full_attention")
     if full.get("rope_type", "default") not in ("default", "linear"):
         problems.append(f"full-attention RoPE type {full.get('rope_type')!r}; the converter writes linear scaling only")
     if getattr(config, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
@@ -165,7 +165,7 @@ def _gemma3_keys(writer, config, state=None) -> None:
     writer.add_key_length(config.head_dim)
     writer.add_value_length(config.head_dim)
     writer.add_sliding_window(config.sliding_window)
-    full = _rope(config, "full_attention")
+    full = rope_parameters(config, "full_attention")
     writer.add_rope_freq_base(float(full.get("rope_theta", 10000.0)))
     if full.get("rope_type") == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -211,6 +211,7 @@ class GgufLayout:
     tensors: Callable
     f32: tuple[str, ...] = ()
     vocab: str = "llama"  # llama.cpp's tokenizer model: SentencePiece-style ("llama") or Gemma 4's BPE ("gemma4")
+    bpe: bool = False  # the vocabulary is BPE with merges (gguf_bpe_vocabulary)
 
 
 def _layouts() -> dict[str, GgufLayout]:
@@ -219,8 +220,12 @@ def _layouts() -> dict[str, GgufLayout]:
 
     return {
         "gemma3_text": GgufLayout(ARCH, llama_cpp_problems, _gemma3_keys, _gemma3_tensors),
-        "gemma3n_text": GgufLayout(g3n.ARCH, g3n.problems, g3n.write_keys, g3n.tensors, g3n.F32_TENSORS),
-        "gemma4_text": GgufLayout(g4.ARCH, g4.problems, g4.write_keys, g4.tensors, vocab="gemma4"),
+        "gemma3n_text": GgufLayout(
+            g3n.ARCH, g3n.gemma3n_problems, g3n.gemma3n_keys, g3n.gemma3n_tensors, g3n.F32_TENSORS
+        ),
+        "gemma4_text": GgufLayout(
+            g4.ARCH, g4.gemma4_problems, g4.gemma4_keys, g4.gemma4_tensors, vocab=g4.ARCH, bpe=True
+        ),
     }
 
 
@@ -270,7 +275,7 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name:
     writer.add_file_type(file_type)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
-    if layout.vocab == "gemma4":
+    if layout.bpe:
         tokens, types, merges = gguf_bpe_vocabulary(tokenizer)
         scores = [SPECIAL_SCORE] * len(tokens)
     else:
@@ -282,7 +287,7 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name:
         scores.append(SPECIAL_SCORE)
         types.append(UNUSED)
     writer.add_tokenizer_model(layout.vocab)
-    if layout.vocab == "gemma4":
+    if layout.bpe:
         writer.add_token_merges(merges)
     else:
         writer.add_tokenizer_pre("default")

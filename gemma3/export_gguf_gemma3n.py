@@ -13,7 +13,7 @@ What llama.cpp's converter (``Gemma3NModel``) writes and its loader (``src/model
 llama.cpp hard-codes much of Gemma 3n (``llama-hparams.h``, ``gemma3n.cpp``): every 5th layer full attention, the
 first 20 layers holding the KV cache (later ones reuse layer 18's / 19's), 4 AltUp inputs with the first active,
 LAuReL rank 64, 256-wide per-layer inputs, gaussian top-k sparsity (0.95) on the first 10 layers, a final logit
-soft-cap of 30, the AltUp output scale, one FFN width for all layers and tanh-GELU. `problems` refuses a model
+soft-cap of 30, the AltUp output scale, one FFN width for all layers and tanh-GELU. `gemma3n_problems` refuses a model
 that differs from any of these before anything is written. transformers 5.x saves no K / V projections for the
 KV-shared layers, but llama.cpp requires them on every layer: the export writes the source layer's (they are never
 read, because those layers take their keys and values from the cache of layer 18 / 19).
@@ -31,6 +31,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from gemma3.export_gguf import rope_parameters
+
 ARCH = "gemma3n"
 SWA_PERIOD = 5  # llama.cpp: swa_period = 5 (the converter's bool-array pattern is not read)
 KV_LAYERS = 20  # llama.cpp: n_layer_kv_from_start = 20
@@ -42,11 +44,6 @@ STACK_PART = r"(model\.altup_(?:unembed_)?projections)\.(\d+)\.weight"  # one of
 STACKED = {"model.altup_projections": "altup_proj", "model.altup_unembed_projections": "altup_unembd_proj"}
 
 
-def _rope(config, layer_type: str) -> dict:
-    params = getattr(config, "rope_parameters", None) or {}
-    return dict(params.get(layer_type, params)) if isinstance(params, dict) else {}
-
-
 def layer_types(num_layers: int) -> list[str]:
     return ["full_attention" if i % SWA_PERIOD == SWA_PERIOD - 1 else "sliding_attention" for i in range(num_layers)]
 
@@ -55,7 +52,7 @@ def sparsity_pattern(num_layers: int) -> list[float]:
     return [SPARSITY if i < SPARSE_LAYERS else 0.0 for i in range(num_layers)]
 
 
-def problems(config) -> list[str]:
+def gemma3n_problems(config) -> list[str]:
     """Why llama.cpp's ``gemma3n`` architecture would run this text config differently (or not load it)."""
     out = []
     n = config.num_hidden_layers
@@ -81,14 +78,14 @@ def problems(config) -> list[str]:
     if getattr(config, "hidden_activation", "gelu_pytorch_tanh") != "gelu_pytorch_tanh":
         out.append(f"hidden_activation {config.hidden_activation}; llama.cpp uses tanh-approximated GELU")
     for kind in ("full_attention", "sliding_attention"):
-        if _rope(config, kind).get("rope_type", "default") != "default":
-            out.append(f"{kind} RoPE scaling {_rope(config, kind)}; llama.cpp's gemma3n reads none")
+        if rope_parameters(config, kind).get("rope_type", "default") != "default":
+            out.append(f"{kind} RoPE scaling {rope_parameters(config, kind)}; llama.cpp's gemma3n reads none")
     if config.vocab_size_per_layer_input > config.vocab_size:
         out.append(f"vocab_size_per_layer_input {config.vocab_size_per_layer_input} > vocab_size")
     return out
 
 
-def write_keys(writer, config, state=None) -> None:
+def gemma3n_keys(writer, config, state=None) -> None:
     """The ``gemma3n.*`` keys beyond the common ones, as llama.cpp's converter writes them."""
     from torch.distributions import Normal
 
@@ -97,8 +94,8 @@ def write_keys(writer, config, state=None) -> None:
     writer.add_feed_forward_length([int(s) for s in sizes])
     writer.add_key_length(config.head_dim)
     writer.add_value_length(config.head_dim)
-    writer.add_rope_freq_base(float(_rope(config, "full_attention").get("rope_theta", 1_000_000.0)))
-    writer.add_rope_freq_base_swa(float(_rope(config, "sliding_attention").get("rope_theta", 10_000.0)))
+    writer.add_rope_freq_base(float(rope_parameters(config, "full_attention").get("rope_theta", 1_000_000.0)))
+    writer.add_rope_freq_base_swa(float(rope_parameters(config, "sliding_attention").get("rope_theta", 10_000.0)))
     writer.add_sliding_window(config.sliding_window)
     writer.add_final_logit_softcapping(float(config.final_logit_softcapping))
     writer.add_altup_active_idx(config.altup_active_idx)
@@ -117,7 +114,7 @@ def _kv_source(config, layer: int) -> int:
     return KV_LAYERS - (2 if config.layer_types[layer] == "sliding_attention" else 1)
 
 
-def tensors(config, state: dict[str, torch.Tensor], tied: bool) -> Iterator[tuple[str, torch.Tensor]]:
+def gemma3n_tensors(config, state: dict[str, torch.Tensor], tied: bool) -> Iterator[tuple[str, torch.Tensor]]:
     """(GGUF name, tensor) pairs in llama.cpp's gemma3n layout, from a ``Gemma3nForCausalLM`` state dict."""
     import gguf
 

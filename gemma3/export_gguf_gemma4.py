@@ -12,7 +12,7 @@ file (unlike Gemma 3n, llama.cpp hard-codes little of Gemma 4):
   zero-padded to the vocabulary, and a generated ``rope_freqs`` ([global_head_dim / 2]: 1 on the rotated pairs,
   1e30 on the others) that gives the full-attention layers transformers' "proportional" partial RoPE.
 
-`problems` refuses what llama.cpp would run differently or what this exporter does not write: no final soft-cap
+`gemma4_problems` refuses what llama.cpp would run differently or what this exporter does not write: no final soft-cap
 (llama.cpp applies 30 when the key is missing), mixture-of-experts blocks, ``attention_k_eq_v``, bidirectional
 attention, a KV-sharing tail whose producers are not (sliding, full) as llama.cpp's reuse rule assumes, RoPE
 scaling on sliding layers, other activations. transformers reads a ``gemma4`` GGUF only in part (it ignores the
@@ -27,16 +27,13 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from gemma3.export_gguf import rope_parameters
+
 ARCH = "gemma4"
 NO_ROTATION = 1e30  # the converter's frequency factor for pairs proportional RoPE leaves unrotated
 
 
-def _rope(config, layer_type: str) -> dict:
-    params = getattr(config, "rope_parameters", None) or {}
-    return dict(params.get(layer_type, params)) if isinstance(params, dict) else {}
-
-
-def problems(config) -> list[str]:
+def gemma4_problems(config) -> list[str]:
     """Why llama.cpp's ``gemma4`` architecture would run this text config differently, or what is not written."""
     out = []
     if not config.final_logit_softcapping:
@@ -55,7 +52,7 @@ def problems(config) -> list[str]:
         if tail != ["sliding_attention", "full_attention"]:
             out.append(f"the last two KV-holding layers are {tail}; llama.cpp's KV reuse takes sliding layers' from "
                        "the second-to-last and full layers' from the last")  # fmt: skip
-    sliding, full = _rope(config, "sliding_attention"), _rope(config, "full_attention")
+    sliding, full = rope_parameters(config, "sliding_attention"), rope_parameters(config, "full_attention")
     if sliding.get("rope_type", "default") != "default" or sliding.get("partial_rotary_factor", 1.0) != 1.0:
         out.append(f"sliding layers use RoPE {sliding}; the converter writes plain RoPE for them")
     if full.get("rope_type", "default") not in ("default", "proportional"):
@@ -76,7 +73,7 @@ def _dims(config, state: dict[str, torch.Tensor]) -> dict:
             "head_full": next(h for h, s in zip(head, swa) if not s)}  # fmt: skip
 
 
-def write_keys(writer, config, state: dict[str, torch.Tensor]) -> None:
+def gemma4_keys(writer, config, state: dict[str, torch.Tensor]) -> None:
     """The ``gemma4.*`` keys beyond the common ones, as llama.cpp's converter writes them."""
     d = _dims(config, state)
     if len(set(d["kv"])) > 1:
@@ -89,8 +86,8 @@ def write_keys(writer, config, state: dict[str, torch.Tensor]) -> None:
     writer.add_value_length_swa(d["head_swa"])
     writer.add_rope_dimension_count(d["head_full"])  # partial rotation is carried by rope_freqs
     writer.add_rope_dimension_count_swa(d["head_swa"])
-    writer.add_rope_freq_base(float(_rope(config, "full_attention").get("rope_theta", 1_000_000.0)))
-    writer.add_rope_freq_base_swa(float(_rope(config, "sliding_attention").get("rope_theta", 10_000.0)))
+    writer.add_rope_freq_base(float(rope_parameters(config, "full_attention").get("rope_theta", 1_000_000.0)))
+    writer.add_rope_freq_base_swa(float(rope_parameters(config, "sliding_attention").get("rope_theta", 10_000.0)))
     writer.add_sliding_window(config.sliding_window)
     writer.add_sliding_window_pattern(d["swa"])
     writer.add_shared_kv_layers(config.num_kv_shared_layers)
@@ -100,13 +97,13 @@ def write_keys(writer, config, state: dict[str, torch.Tensor]) -> None:
 
 def rope_freqs(config, head_full: int) -> torch.Tensor:
     """[head_full / 2] frequency factors: 1 for the pairs proportional RoPE rotates, 1e30 (no rotation) for the rest."""
-    full = _rope(config, "full_attention")
+    full = rope_parameters(config, "full_attention")
     factor = float(full.get("partial_rotary_factor", 1.0)) if full.get("rope_type") == "proportional" else 1.0
     rotated = int(head_full * factor / 2)
     return torch.tensor([1.0] * rotated + [NO_ROTATION] * (head_full // 2 - rotated), dtype=torch.float32)
 
 
-def tensors(config, state: dict[str, torch.Tensor], tied: bool) -> Iterator[tuple[str, torch.Tensor]]:
+def gemma4_tensors(config, state: dict[str, torch.Tensor], tied: bool) -> Iterator[tuple[str, torch.Tensor]]:
     """(GGUF name, tensor) pairs in llama.cpp's gemma4 layout, from a ``Gemma4ForCausalLM`` state dict."""
     import gguf
 

@@ -32,14 +32,20 @@ def gemma270m_dir():
 
 # The longest files first: with two xdist workers taking whole files, a long file started last leaves one worker
 # idle at the end. Same order in every worker (the scheduler requires it).
-LONG_FIRST = (
-    "test_rehearsal.py",
+LONG_FIRST = (  # by the files' total time in a CI run, longest first
     "test_two_ranks.py",
-    "test_lmms_eval.py",
-    "test_pipeline.py",
+    "test_native.py",
     "test_export.py",
+    "test_train.py",
+    "test_rehearsal.py",
+    "test_faults.py",
+    "test_pipeline.py",
+    "test_lmms_eval.py",
     "test_export_gguf.py",
     "test_stream.py",
+    "test_inference.py",
+    "test_demo.py",
+    "test_feature_cache.py",
 )
 
 

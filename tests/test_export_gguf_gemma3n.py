@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gemma3.export import main
-from gemma3.export_gguf_gemma3n import KV_LAYERS, layer_types, problems, read_gguf_gemma3n, sparsity_pattern
+from gemma3.export_gguf_gemma3n import KV_LAYERS, gemma3n_problems, layer_types, read_gguf_gemma3n, sparsity_pattern
 
 VOCAB, LAYERS = 512, 22
 
@@ -113,7 +113,7 @@ def test_reimported_model_matches(exported):
 def test_what_llama_cpp_runs_differently_is_refused(tmp_path):
     from tiny_models import tiny_text_config
 
-    reasons = problems(tiny_text_config("gemma3n"))
+    reasons = gemma3n_problems(tiny_text_config("gemma3n"))
     assert any("layer_types" in r for r in reasons) and any("laurel_rank" in r for r in reasons)
     assert any("altup_num_inputs" in r for r in reasons) and any("layers hold KV" in r for r in reasons)
     model = tiny_gemma3n(laurel_rank=32)

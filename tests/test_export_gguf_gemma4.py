@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gemma3.export import main
-from gemma3.export_gguf_gemma4 import NO_ROTATION, problems, read_gguf_gemma4
+from gemma3.export_gguf_gemma4 import NO_ROTATION, gemma4_problems, read_gguf_gemma4
 
 VOCAB, LAYERS = 512, 6
 LAYER_TYPES = ["sliding_attention"] * 3 + ["full_attention", "sliding_attention", "full_attention"]
@@ -149,10 +149,10 @@ def test_reimported_model_matches(exported):
 
 
 def test_what_llama_cpp_runs_differently_is_refused(tmp_path):
-    reasons = problems(tiny_gemma4(final_logit_softcapping=None, attention_k_eq_v=True).config)
+    reasons = gemma4_problems(tiny_gemma4(final_logit_softcapping=None, attention_k_eq_v=True).config)
     assert any("final_logit_softcapping" in r for r in reasons) and any("k_eq_v" in r for r in reasons)
     swapped = LAYER_TYPES[:2] + ["full_attention", "sliding_attention"] + LAYER_TYPES[4:]
-    assert any("KV reuse" in r for r in problems(tiny_gemma4(layer_types=swapped).config))
+    assert any("KV reuse" in r for r in gemma4_problems(tiny_gemma4(layer_types=swapped).config))
     model = tiny_gemma4(final_logit_softcapping=None)
     model.save_pretrained(tmp_path / "lm")
     tiny_bpe_tokenizer().save_pretrained(tmp_path / "lm")
