@@ -85,10 +85,11 @@ def llama_cpp_problems(config) -> list[str]:
     return problems
 
 
-def gguf_vocabulary(tokenizer) -> tuple[list[str], list[float], list[int]]:
+def gguf_vocabulary(tokenizer, sentencepiece: bool = True) -> tuple[list[str], list[float], list[int]]:
     """Tokens, scores and types as the converter writes a Gemma SentencePiece vocabulary: added special tokens are
     CONTROL, other added tokens and runs of spaces (stored as real spaces) USER_DEFINED, ``<0xNN>`` BYTE; normal
-    pieces score ``-(their rank among normal pieces)`` (the merge priority), the others ``-1000`` (BYTE: 0)."""
+    pieces score ``-(their rank among normal pieces)`` (the merge priority), the others ``-1000`` (BYTE: 0).
+    ``sentencepiece=False`` keeps runs of spaces as the pieces they are (NORMAL), as the BPE path writes them."""
     vocab = tokenizer.get_vocab()
     size = max(vocab.values()) + 1
     tokens = [""] * size
@@ -99,7 +100,7 @@ def gguf_vocabulary(tokenizer) -> tuple[list[str], list[float], list[int]]:
     for i, piece in enumerate(tokens):
         if i in added:
             types.append(CONTROL if added[i].special else USER_DEFINED)
-        elif len(piece) >= 2 and set(piece) == {"\u2581"}:
+        elif sentencepiece and len(piece) >= 2 and set(piece) == {"\u2581"}:
             tokens[i] = " " * len(piece)
             types.append(USER_DEFINED)
         elif len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
@@ -124,10 +125,7 @@ def gguf_bpe_vocabulary(tokenizer) -> tuple[list[str], list[int], list[str]]:
     if model.get("type") != "BPE" or not model.get("merges"):
         raise ValueError(f"llama.cpp's gemma4 vocabulary is BPE with merges; this tokenizer's model is "
                          f"{model.get('type')!r} without merges")  # fmt: skip
-    tokens, _, types = gguf_vocabulary(tokenizer)
-    for i, piece in enumerate(tokens):  # pieces as they are (gguf_vocabulary writes runs of spaces for SentencePiece)
-        if types[i] == USER_DEFINED and piece.strip() == "" and i not in tokenizer.added_tokens_decoder:
-            tokens[i], types[i] = "\u2581" * len(piece), NORMAL
+    tokens, _, types = gguf_vocabulary(tokenizer, sentencepiece=False)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
     return tokens, types, merges
 
@@ -185,6 +183,41 @@ def gguf_tensor_name(names, hf_name: str) -> str:
     if found is None:
         raise ValueError(f"{hf_name}: no GGUF name in gguf-py's table for this architecture")
     return f"{found}.{suffix}"
+
+
+def gguf_array(tensor) -> np.ndarray:
+    """A GGUF tensor as float32 in PyTorch's [out, in] order (dequantized where quantized)."""
+    import gguf
+
+    data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    return np.asarray(data, dtype=np.float32).reshape([int(d) for d in reversed(tensor.shape)])
+
+
+def read_gguf_file(path: str | Path, arch: str) -> tuple[Callable, dict[str, np.ndarray]]:
+    """(``key(name, default)`` for the ``<arch>.*`` metadata, every tensor as a float32 array by GGUF name)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+
+    def key(name: str, default=None):
+        field = reader.fields.get(f"{arch}.{name}")
+        return default if field is None else field.contents()
+
+    return key, {t.name: gguf_array(t) for t in reader.tensors}
+
+
+def load_gguf_arrays(model, arrays: dict[str, np.ndarray], source: Callable[[str], np.ndarray]):
+    """Fill ``model`` from GGUF arrays: ``source(hf_name)`` gives each parameter's array; a tied output head reads
+    the token embedding. Returns the model in eval mode."""
+    state = {}
+    for hf_name, param in model.state_dict().items():
+        if hf_name == "lm_head.weight":
+            array = arrays["output.weight" if "output.weight" in arrays else "token_embd.weight"]
+        else:
+            array = source(hf_name)
+        state[hf_name] = torch.from_numpy(np.array(array)).reshape(param.shape)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def _gemma3_tensors(config, state: dict[str, torch.Tensor], tied: bool):

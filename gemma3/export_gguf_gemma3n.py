@@ -149,15 +149,9 @@ def read_gguf_gemma3n(path, dtype: torch.dtype = torch.float32):
     import gguf
     from transformers import Gemma3nForCausalLM, Gemma3nTextConfig
 
-    from gemma3.export_gguf import gguf_tensor_name
+    from gemma3.export_gguf import gguf_tensor_name, load_gguf_arrays, read_gguf_file
 
-    reader = gguf.GGUFReader(str(path))
-
-    def key(name: str, default=None):
-        field = reader.fields.get(f"{ARCH}.{name}")
-        return default if field is None else field.contents()
-
-    arrays = {t.name: _array(t) for t in reader.tensors}
+    key, arrays = read_gguf_file(path, ARCH)
     n = int(key("block_count"))
     vocab = arrays["token_embd.weight"].shape[0]
     ff = key("feed_forward_length")
@@ -176,25 +170,12 @@ def read_gguf_gemma3n(path, dtype: torch.dtype = torch.float32):
                                                "rope_theta": float(key("rope.freq_base_swa", 10_000.0))}},
         tie_word_embeddings="output.weight" not in arrays,
     )  # fmt: skip
-    model = Gemma3nForCausalLM(config)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA3N, n)
-    state = {}
-    for hf_name in model.state_dict():
-        if hf_name == "lm_head.weight":
-            state[hf_name] = arrays["output.weight" if "output.weight" in arrays else "token_embd.weight"]
-            continue
+
+    def source(hf_name: str) -> np.ndarray:
         match = re.fullmatch(STACK_PART, hf_name)
-        if match:
-            state[hf_name] = arrays[f"{STACKED[match.group(1)]}.weight"][int(match.group(2))]
-        else:
-            state[hf_name] = arrays[gguf_tensor_name(names, hf_name)]
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-    return model.to(dtype).eval()
+        if match:  # one of the stacked AltUp matrices
+            return arrays[f"{STACKED[match.group(1)]}.weight"][int(match.group(2))]
+        return arrays[gguf_tensor_name(names, hf_name)]
 
-
-def _array(tensor) -> np.ndarray:
-    """A GGUF tensor as float32 in PyTorch's [out, in] order (dequantized where quantized)."""
-    import gguf
-
-    data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
-    return np.asarray(data, dtype=np.float32).reshape([int(d) for d in reversed(tensor.shape)])
+    return load_gguf_arrays(Gemma3nForCausalLM(config), arrays, source).to(dtype)

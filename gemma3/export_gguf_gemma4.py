@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 import torch
 
 from gemma3.export_gguf import rope_parameters
@@ -125,16 +124,9 @@ def read_gguf_gemma4(path, dtype: torch.dtype = torch.float32):
     import gguf
     from transformers.models.gemma4 import Gemma4ForCausalLM, Gemma4TextConfig
 
-    from gemma3.export_gguf import gguf_tensor_name
-    from gemma3.export_gguf_gemma3n import _array
+    from gemma3.export_gguf import gguf_tensor_name, load_gguf_arrays, read_gguf_file
 
-    reader = gguf.GGUFReader(str(path))
-
-    def key(name: str, default=None):
-        field = reader.fields.get(f"{ARCH}.{name}")
-        return default if field is None else field.contents()
-
-    arrays = {t.name: _array(t) for t in reader.tensors}
+    key, arrays = read_gguf_file(path, ARCH)
     n = int(key("block_count"))
     swa = [bool(s) for s in key("attention.sliding_window_pattern")]
     ffn = key("feed_forward_length")
@@ -163,13 +155,6 @@ def read_gguf_gemma4(path, dtype: torch.dtype = torch.float32):
                          "sliding_attention": {"rope_type": "default", "rope_theta": float(key("rope.freq_base_swa"))}},
         tie_word_embeddings="output.weight" not in arrays,
     )  # fmt: skip
-    model = Gemma4ForCausalLM(config)
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.GEMMA4, n)
-    state = {}
-    for hf_name in model.state_dict():
-        if hf_name == "lm_head.weight":
-            state[hf_name] = arrays["output.weight" if "output.weight" in arrays else "token_embd.weight"]
-        else:
-            state[hf_name] = arrays[gguf_tensor_name(names, hf_name)].reshape(model.state_dict()[hf_name].shape)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-    return model.to(dtype).eval()
+    model = Gemma4ForCausalLM(config)
+    return load_gguf_arrays(model, arrays, lambda hf_name: arrays[gguf_tensor_name(names, hf_name)]).to(dtype)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from gguf_checks import assert_llama_cpp_agrees, export_kinds
 
 from gemma3.export import main
 from gemma3.export_gguf_gemma3n import KV_LAYERS, gemma3n_problems, layer_types, read_gguf_gemma3n, sparsity_pattern
@@ -51,15 +52,7 @@ def tiny_gemma3n(**overrides):
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("g3n")
     model = tiny_gemma3n()
-    model.save_pretrained(root / "lm")
-    tiny_tokenizer().save_pretrained(root / "lm")
-    out = {}
-    for kind in ("f32", "f16", "q8_0"):
-        target = root / kind
-        argv = ["--model_path", str(root / "lm"), "--to", "gguf", "--gguf_type", kind, "--output", str(target)]
-        assert main(argv) == 0
-        out[kind] = target / f"model-{kind}.gguf"
-    return model, out
+    return model, export_kinds(model, tiny_tokenizer(), root, ("f32", "f16", "q8_0"))
 
 
 def _ids(n: int = 3, length: int = 40) -> torch.Tensor:
@@ -150,11 +143,4 @@ def test_llama_cpp_runs_the_export_like_the_model(exported, monkeypatch):
     got = np.stack(got)  # [B, L, V]
     with torch.no_grad():
         want = read_gguf_gemma3n(files["f32"])(ids).logits.numpy()
-    err = np.abs(got - want).max()
-    print(f"llama.cpp vs project: max |logit diff| {err:.4f}, logit std {want.std():.4f}")
-    assert err < 0.25 * want.std(), err
-    top2 = np.sort(want, -1)[..., -2:]
-    confident = (top2[..., 1] - top2[..., 0]) > 2 * err
-    agree = got.argmax(-1) == want.argmax(-1)
-    print(f"argmax agreement {agree.mean():.3f}; {agree[confident].mean():.3f} on {confident.sum()} confident ones")
-    assert agree.mean() >= 0.95 and confident.sum() >= 20 and agree[confident].all()
+    assert_llama_cpp_agrees(got, want, 0.25)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from gguf_checks import assert_llama_cpp_agrees, export_kinds
 
 from gemma3.export import main
 from gemma3.export_gguf_gemma4 import NO_ROTATION, gemma4_problems, read_gguf_gemma4
@@ -85,14 +86,7 @@ def tiny_gemma4(**overrides):
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("g4")
     model = tiny_gemma4()
-    model.save_pretrained(root / "lm")
-    tiny_bpe_tokenizer().save_pretrained(root / "lm")
-    out = {}
-    for kind in ("f32", "q8_0"):
-        argv = ["--model_path", str(root / "lm"), "--to", "gguf", "--gguf_type", kind, "--output", str(root / kind)]
-        assert main(argv) == 0
-        out[kind] = root / kind / f"model-{kind}.gguf"
-    return model, out
+    return model, export_kinds(model, tiny_bpe_tokenizer(), root, ("f32", "q8_0"))
 
 
 def _ids() -> torch.Tensor:
@@ -173,10 +167,4 @@ def test_llama_cpp_runs_the_export_like_the_model(exported):
     got = np.stack(got)  # [B, L, V]
     with torch.no_grad():
         want = model(ids).logits.numpy()
-    err = np.abs(got - want).max()
-    top2 = np.sort(want, -1)[..., -2:]
-    confident = (top2[..., 1] - top2[..., 0]) > 2 * err
-    agree = got.argmax(-1) == want.argmax(-1)
-    print(f"llama.cpp vs transformers: max |logit diff| {err:.4f} (spread {want.std():.4f}); argmax agreement "
-          f"{agree.mean():.3f}, {agree[confident].mean():.3f} on {confident.sum()} confident positions")  # fmt: skip
-    assert err < 0.2 * want.std() and agree.mean() >= 0.95 and confident.sum() >= 20 and agree[confident].all()
+    assert_llama_cpp_agrees(got, want, 0.2)
