@@ -6,9 +6,11 @@ import statistics
 import time
 
 
-def median_time(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call."""
-    fn()
+def median_time(fn, repeats: int, warmup: bool = True) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call (``warmup=False`` skips it, for
+    calls that take minutes and gain nothing from one)."""
+    if warmup:
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -119,3 +119,45 @@ def test_missing_kernels_on_cuda_are_reported_once_and_can_be_required(monkeypat
         S.check_kernels(require=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert S.check_kernels(require=True) is False  # no CUDA: the PyTorch scan is the path, nothing to say
+
+
+@pytest.fixture(scope="module")
+def mamba_ref():
+    """mamba-ssm 2.3.1's own ``selective_scan_ref``, compiled from its published source (.ci/run downloads the
+    sdist into .cache/upstream)."""
+    from gemma3.upstream import mamba_selective_scan_ref
+
+    try:
+        return mamba_selective_scan_ref()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+
+
+@pytest.mark.parametrize("groups", [0, 2])
+def test_project_scans_match_mamba_ssm_selective_scan_ref(mamba_ref, groups):
+    """Forward (every path) and gradients of every input equal mamba-ssm's reference, ungrouped and with grouped
+    B/C (both directions of a bidirectional layer in one call)."""
+    x = _inputs(groups=groups, length=23, seed=4)
+    d, length = x["u"].shape[1], x["u"].shape[2]
+    kw = dict(D=torch.randn(d), z=torch.randn(2, d, length), delta_bias=0.1 * torch.randn(d), delta_softplus=True)
+    ref = mamba_ref(**x, **kw)
+    for name, fn in [("reference", selective_scan_reference), ("blocked", selective_scan_torch),
+                     ("graph", selective_scan_graph)]:  # fmt: skip
+        torch.testing.assert_close(fn(**x, **kw), ref, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
+    inputs = {k: v for k, v in {**x, **kw}.items() if torch.is_tensor(v)}
+    ours = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    theirs = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
+    selective_scan_torch(**ours, delta_softplus=True, block=8).pow(2).sum().backward()
+    mamba_ref(**theirs, delta_softplus=True).pow(2).sum().backward()
+    for k in ours:
+        torch.testing.assert_close(ours[k].grad, theirs[k].grad, rtol=1e-4, atol=1e-4, msg=lambda m, k=k: f"{k}: {m}")
+
+
+def test_upstream_loader_names_what_it_looked_for(tmp_path):
+    from gemma3.upstream import mamba_selective_scan_ref
+
+    with pytest.raises(FileNotFoundError, match="pip download .*mamba-ssm==2.3.1"):
+        mamba_selective_scan_ref(tmp_path / "missing.tar.gz")
+    (tmp_path / "src").mkdir()
+    with pytest.raises(FileNotFoundError, match="has no mamba_ssm/ops/selective_scan_interface.py"):
+        mamba_selective_scan_ref(tmp_path / "src")
