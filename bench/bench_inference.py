@@ -1,5 +1,6 @@
 """Generated tokens/s at batch 1 vs batch 8: same prompts, same model (custom model, Gemma 3 270M backbone, small
-encoders), measured side by side in one run on CPU.
+encoders), measured side by side in one run on CPU, with the output head inference uses by default there (``--head
+auto``: the rescored int8 head). Batch-1 decoding against llama.cpp: ``bench/bench_decode.py``.
 
     python bench/bench_inference.py [--prompts 16] [--new_tokens 24] [--threads 2]
 """
@@ -23,6 +24,7 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--head", default="auto", choices=["auto", "exact", "int8"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import dataset as ds
@@ -56,6 +58,7 @@ def main() -> None:
             CUSTOM.template(model.config),
             inf.GenerationConfig(max_new_tokens=args.new_tokens),
             CUSTOM.stop_token_ids(model.config, tok),
+            head=inf.generation_head(model, args.head),
         )
         if len(samples) < args.prompts:
             raise SystemExit(f"only {len(samples)} prompts available, {args.prompts} asked")

@@ -31,6 +31,7 @@ import torch
 import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
 from constants import DEFAULT_PROMPT, IGNORE_INDEX, VIDEO_EXTENSIONS, VIDEO_TAG
 from gemma3.argtypes import positive_float, positive_int
+from gemma3.model.fast_head import HEADS, build_int8_head, head_supported, output_head
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class Predictor:
         template: the chat template (the family's; the native plugins use their processor's own).
         stop_ids: token ids that end a reply (EOS and the template's end-of-turn).
         processing: the `ProcessingConfig` the plugin was made with (recorded in outputs).
+        head: an output head used only while generating (`gemma3.model.fast_head`), e.g. the rescored int8 head
+            on CPU; None keeps the model's own. Scoring always uses the model's own head.
     """
 
     def __init__(
@@ -72,8 +75,10 @@ class Predictor:
         generation: GenerationConfig | None = None,
         stop_ids: list[int] | None = None,
         processing=None,
+        head: torch.nn.Module | None = None,
     ) -> None:
         self.model = model
+        self.head = head
         self.tokenizer = tokenizer
         self.plugin = plugin
         self.template = template
@@ -105,9 +110,10 @@ class Predictor:
         if g.do_sample:
             kwargs.update(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k)
         pad = self.text_tokenizer.pad_token_id
-        out = self.model.generate(
-            **batch, **kwargs, pad_token_id=pad, eos_token_id=self.stop_ids, use_cache=True, streamer=streamer
-        )
+        with output_head(self.model, self.head):
+            out = self.model.generate(
+                **batch, **kwargs, pad_token_id=pad, eos_token_id=self.stop_ids, use_cache=True, streamer=streamer
+            )
         new = out[:, batch["input_ids"].shape[1] :]  # [B, new]
         stops = set(self.stop_ids) | {pad}
         counts = [int(sum(1 for t in row.tolist() if t not in stops)) for row in new]
@@ -338,9 +344,12 @@ def load_predictor(
     device: str | None = None,
     frame_sampling: str | None = None,
     fps: float | None = None,
+    head: str = "auto",
 ) -> Predictor:
     """Load any model folder (custom base / trained / adapter output, or a native VLM) through its family record,
-    with the frame processing saved beside it; ``num_frames`` / ``frame_sampling`` / ``fps`` override it."""
+    with the frame processing saved beside it; ``num_frames`` / ``frame_sampling`` / ``fps`` override it.
+    ``head``: the output head while generating: ``exact``, ``int8`` (`RescoredInt8Head`, CPU) or ``auto`` (int8
+    where supported)."""
     from gemma3.families import family_for_checkpoint
     from gemma3.processing import resolve_processing
 
@@ -355,7 +364,26 @@ def load_predictor(
         model.to(device)
     model.eval()
     stop_ids = family.stop_token_ids(config, tokenizer)
-    return Predictor(model, tokenizer, plugin, family.template(config), generation, stop_ids, processing)
+    return Predictor(
+        model, tokenizer, plugin, family.template(config), generation, stop_ids, processing,
+        head=generation_head(model, head),
+    )  # fmt: skip
+
+
+def generation_head(model, choice: str = "auto") -> torch.nn.Module | None:
+    """The output head `Predictor.generate` uses for ``choice`` (None: the model's own, exact head)."""
+    if choice not in ("auto", *HEADS):
+        raise ValueError(f"head {choice!r}: choose auto, {', '.join(HEADS)}")
+    if choice == "exact":
+        return None
+    ok, why = head_supported(model, next(model.parameters()).device)
+    if not ok:
+        if choice == "int8":
+            raise ValueError(f"--head int8: {why}")
+        logger.info("Generating with the exact output head: %s", why)
+        return None
+    logger.info("Generating with the rescored int8 output head (exact top-32 logits); --head exact to turn off")
+    return build_int8_head(model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -379,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=0)
     p.add_argument("--num_beams", type=positive_int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--head", default="auto", choices=["auto", *HEADS],
+                   help="output head while generating: int8 rows with the best 32 logits recomputed exactly (CPU; "
+                   "auto picks it there), or exact")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
     return p
@@ -405,6 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
         device,
         frame_sampling=args.frame_sampling,
         fps=args.fps,
+        head=args.head,
     )
     if args.annotations:
         from dataset import load_annotations

