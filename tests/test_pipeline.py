@@ -16,15 +16,19 @@ LEARNABLE = ("growing", "shrinking")
 
 
 @pytest.mark.slow
-def test_whole_pipeline_tiny_learns_above_chance(tmp_path, gemma270m_dir):
+def test_whole_pipeline_tiny_learns_above_chance_and_reruns_identically(tmp_path, gemma270m_dir):
     llm = make_llm(tmp_path, gemma270m_dir)
     out, data = tmp_path / "out", tmp_path / "data"
     make_synthetic_dataset(data, SyntheticConfig(clips_per_class=10, num_frames=8, classes=LEARNABLE, seed=1))
-    argv = [
-        "--preset", "cpu", "--model_id", str(llm), "--data_dir", str(data), "--output_dir", str(out),
-        "--report_to", "none", "--pretrain_steps", "20", "--finetune_steps", "40", "--batch", "4",
-        "--eval_batch", "8", "--lr", "3e-3",
-    ]  # fmt: skip
+
+    def argv_for(output_dir) -> list[str]:
+        return [
+            "--preset", "cpu", "--model_id", str(llm), "--data_dir", str(data), "--output_dir", str(output_dir),
+            "--report_to", "none", "--pretrain_steps", "20", "--finetune_steps", "40", "--batch", "4",
+            "--eval_batch", "8", "--lr", "3e-3",
+        ]  # fmt: skip
+
+    argv = argv_for(out)
     summary = pipeline.main(argv)
     assert summary["preset"] == "cpu"
     test = json.loads((data / "annotations" / "test.json").read_text())
@@ -49,6 +53,15 @@ def test_whole_pipeline_tiny_learns_above_chance(tmp_path, gemma270m_dir):
     # A second run finds every step done and only re-scores.
     again = pipeline.main(argv)
     assert again["test_accuracy"] == summary["test_accuracy"] and again["inference"]["done"] == 0
+    # A same-seed rerun from scratch (new output folder) trains to the same losses and writes the same predictions.
+    rerun_out = tmp_path / "rerun"
+    rerun = pipeline.main(argv_for(rerun_out))
+    for stage in ("pretrain", "finetune"):
+        losses = [json.loads((o / stage / "log_history.json").read_text()) for o in (out, rerun_out)]
+        assert [e.get("loss") for e in losses[0]] == [e.get("loss") for e in losses[1]], stage
+    again_preds = [json.loads(x) for x in (rerun_out / "predictions.jsonl").read_text().splitlines()]
+    assert {p["id"]: p["prediction"] for p in again_preds} == {p["id"]: p["prediction"] for p in preds}
+    assert rerun["test_accuracy"] == summary["test_accuracy"]
 
 
 def test_stage_arguments_are_the_training_entry_points_own(tmp_path):
