@@ -24,7 +24,7 @@ def test_whole_pipeline_tiny_learns_above_chance_and_reruns_identically(tmp_path
     def argv_for(output_dir) -> list[str]:
         return [
             "--preset", "cpu", "--model_id", str(llm), "--data_dir", str(data), "--output_dir", str(output_dir),
-            "--report_to", "none", "--pretrain_steps", "20", "--finetune_steps", "40", "--batch", "4",
+            "--report_to", "none", "--pretrain_steps", "12", "--finetune_steps", "30", "--batch", "4",
             "--eval_batch", "8", "--lr", "3e-3",
         ]  # fmt: skip
 
