@@ -113,11 +113,12 @@ def main() -> None:
         reference.append(seq[0, p.shape[1] :])
     print(f"prompt {ids.shape[1]} tokens, {n} new tokens, batch 1, {args.threads} threads, median of {args.repeats}")
     rates = {}
+    greedy_fp32 = decode(fp32, None)
     for name, (model, head) in settings.items():
         seconds = median_time(lambda m=model, h=head: decode(m, h), args.repeats)
         rates[name] = n / seconds
         agree = _agreement(model, head, sequences, prompt_lens, reference)
-        same = torch.equal(decode(model, head), decode(fp32, None))
+        same = torch.equal(decode(model, head), greedy_fp32)
         print(f"{name:<36} {rates[name]:6.1f} tokens/s | teacher-forced agreement with fp32 {agree:7.2%} "
               f"({len(PROMPTS)} prompts x {n}) | greedy output {'identical' if same else 'differs'}")  # fmt: skip
     try:

@@ -90,7 +90,7 @@ def main() -> None:
     print(f"shapes: batch {b}, d_inner {d}, d_state {n}, L {length}; fp32, {args.threads} threads")
     ratios = {}
 
-    def ref_both(**kw):
+    def ref_both():
         return torch.cat([ref(**fwd, delta_softplus=True), ref(**bwd, delta_softplus=True)], 1)
 
     y_ref, y_new = ref(**fwd, delta_softplus=True), selective_scan_torch(**fwd, delta_softplus=True)
