@@ -364,9 +364,19 @@ def write_gguf(model, tokenizer, path: str | Path, gguf_type: str = "f16", name:
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
-def gguf_scalars(path: str | Path) -> dict:
-    """The scalar and string metadata of a GGUF file (arrays skipped), read straight from its header: what a full
-    ``gguf.GGUFReader`` parse gives for those keys, without building objects for a 262k-token vocabulary."""
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What a GGUF header holds besides the tensor data: scalar and string metadata, the length of each array
+    field (the vocabulary's 262k pieces are not decoded) and the tensor names."""
+
+    scalars: dict
+    array_lengths: dict[str, int]
+    tensor_names: list[str]
+
+
+def read_gguf_header(path: str | Path) -> GGUFHeader:
+    """The header of a GGUF file, read straight from its bytes: the scalars are what a full ``gguf.GGUFReader``
+    parse gives for those keys, without building objects for a 262k-token vocabulary."""
     import struct
 
     def read(f, fmt: str):
@@ -388,33 +398,60 @@ def gguf_scalars(path: str | Path) -> dict:
         else:
             f.seek(struct.calcsize(_SCALARS[kind]), 1)
 
-    out = {}
+    scalars, lengths, names = {}, {}, []
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise ValueError(f"{path}: not a GGUF file")
-        version, _tensors, kv_count = read(f, "<I"), read(f, "<Q"), read(f, "<Q")
+        version, tensor_count, kv_count = read(f, "<I"), read(f, "<Q"), read(f, "<Q")
         if version < 2:
             raise ValueError(f"{path}: GGUF version {version} is too old")
         for _ in range(kv_count):
             key, kind = string(f), read(f, "<I")
             if kind == 8:
-                out[key] = string(f)
+                scalars[key] = string(f)
             elif kind in _SCALARS:
-                out[key] = read(f, _SCALARS[kind])
-            else:
+                scalars[key] = read(f, _SCALARS[kind])
+            elif kind == 9:
+                f.seek(4, 1)  # the item type
+                lengths[key] = read(f, "<Q")
+                f.seek(-12, 1)
                 skip(f, kind)
-    return out
+            else:
+                raise ValueError(f"{path}: metadata {key!r} has unknown GGUF value type {kind}")
+        for _ in range(tensor_count):
+            names.append(string(f))
+            f.seek(8 * read(f, "<I") + 4 + 8, 1)  # dims, type, offset
+    return GGUFHeader(scalars, lengths, names)
 
 
-def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, with_tokenizer: bool = True):
-    """Load a Gemma 3 GGUF file as ``Gemma3ForCausalLM`` (+ its tokenizer, or None), with the settings llama.cpp
-    implies and transformers' reader leaves at its defaults (query scale, layer pattern, sliding-layer RoPE base,
-    RoPE scaling, final soft-capping). Reading a 262k-piece vocabulary takes tens of seconds."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def gguf_scalars(path: str | Path) -> dict:
+    """The scalar and string metadata of a GGUF file (arrays skipped), from its header (`read_gguf_header`)."""
+    return read_gguf_header(path).scalars
 
-    path = Path(path)
-    keys = gguf_scalars(path)
-    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+
+def gguf_text_config(path: str | Path):
+    """The ``Gemma3TextConfig`` transformers' GGUF reader derives from a Gemma 3 file's header (its own key table,
+    vocabulary size from the token list, tied head when there is no ``output.weight``), plus the settings llama.cpp
+    implies and that reader leaves at its defaults: query scale, layer pattern, sliding-layer RoPE base, RoPE
+    scaling and final soft-capping."""
+    from transformers import Gemma3TextConfig
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    header = read_gguf_header(path)
+    keys = header.scalars
+    if keys.get("general.architecture") != ARCH:
+        raise ValueError(f"{path}: general.architecture is {keys.get('general.architecture')!r}, not {ARCH!r}")
+    kwargs = {}
+    for name, field in GGUF_CONFIG_MAPPING[ARCH].items():
+        if field and f"{ARCH}.{name}" in keys:
+            kwargs[field] = keys[f"{ARCH}.{name}"]
+    kwargs.setdefault("vocab_size", header.array_lengths["tokenizer.ggml.tokens"])
+    kwargs.pop("rope_theta", None)  # set per layer type below
+    for name, field in (("bos", "bos_token_id"), ("eos", "eos_token_id"), ("padding", "pad_token_id"),
+                        ("unknown", "unk_token_id")):  # fmt: skip
+        if f"tokenizer.ggml.{name}_token_id" in keys:
+            kwargs[field] = keys[f"tokenizer.ggml.{name}_token_id"]
+    config = Gemma3TextConfig(**kwargs, tie_word_embeddings="output.weight" not in header.tensor_names)
     config.query_pre_attn_scalar = llama_cpp_scale_scalar(config)
     config.layer_types = llama_cpp_layer_types(config.num_hidden_layers)
     full = {"rope_type": "default", "rope_theta": float(keys[f"{ARCH}.rope.freq_base"])}
@@ -424,6 +461,17 @@ def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, with_tokeniz
     config.rope_parameters = {"full_attention": full,
                               "sliding_attention": {"rope_type": "default", "rope_theta": SWA_ROPE_BASE}}  # fmt: skip
     config.final_logit_softcapping = keys.get(f"{ARCH}.final_logit_softcapping")
+    return config
+
+
+def read_gguf(path: str | Path, dtype: torch.dtype = torch.float32, with_tokenizer: bool = True):
+    """Load a Gemma 3 GGUF file as ``Gemma3ForCausalLM`` (+ its tokenizer, or None): the config from the header
+    (`gguf_text_config`), the tensors through transformers' GGUF reader. Reading a 262k-piece vocabulary (which
+    that reader does for the tensors too) takes tens of seconds."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    config = gguf_text_config(path)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, config=config, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name) if with_tokenizer else None
     return model.eval(), tokenizer

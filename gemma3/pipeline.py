@@ -370,8 +370,11 @@ def finetune(cfg: PipelineConfig, src: ModelSources, pretrained: Path) -> Path:
     return out
 
 
-def infer(model_dir: Path, data_dir: Path, output: Path, batch_size: int, bf16: bool, cpu: bool = False) -> dict:
-    """Batched greedy inference on the test split (resumable); returns the inference stats."""
+def infer(
+    model_dir: Path, data_dir: Path, output: Path, batch_size: int, bf16: bool, cpu: bool = False, head: str = "auto"
+) -> dict:
+    """Batched greedy inference on the test split (resumable); returns the inference stats. ``head``: the output
+    head generation uses (`gemma3.inference.generation_head`)."""
     from dataset import load_annotations
     from gemma3.inference import GenerationConfig, load_predictor, predict
 
@@ -381,6 +384,7 @@ def infer(model_dir: Path, data_dir: Path, output: Path, batch_size: int, bf16: 
         dtype=torch.bfloat16 if bf16 else torch.float32,
         generation=GenerationConfig(max_new_tokens=8),
         device="cuda" if torch.cuda.is_available() and not cpu else "cpu",
+        head=head,
     )
     samples = load_annotations(data_dir / "annotations" / "test.json", media_root=data_dir)
     return predict(predictor, samples, output, batch_size=batch_size)
@@ -444,7 +448,9 @@ def run(cfg: PipelineConfig) -> dict:
     mark("pretrain")
     ft = finetune(cfg, src, pre)
     mark("finetune")
-    stats = infer(ft, data, out / "predictions.jsonl", p.eval_batch, p.bf16, cpu=cfg.use_cpu)
+    # A rehearsal generates as the real gpu run does, with the exact head (the int8 head is a CPU-only path).
+    head = "exact" if cfg.rehearse else "auto"
+    stats = infer(ft, data, out / "predictions.jsonl", p.eval_batch, p.bf16, cpu=cfg.use_cpu, head=head)
     mark("inference")
     metrics = evaluate_split(out / "predictions.jsonl", data, out / "eval")
     mark("evaluation")

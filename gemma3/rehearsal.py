@@ -37,7 +37,7 @@ OVERRIDES = {
     "batch": 1,
     "grad_accum": 2,
     "pretrain_steps": 1,
-    "finetune_steps": 2,
+    "finetune_steps": 1,
     "clips_per_class": 2,
     "eval_batch": 4,
 }

@@ -57,7 +57,7 @@ def hf_270m(gemma270m_dir):
 def test_real_270m_exports_to_f16_gguf_like_the_shipped_file(exported_f16, hf_270m, shipped_gguf):
     import gguf
 
-    from gemma3.export_gguf import gguf_scalars, read_gguf
+    from gemma3.export_gguf import gguf_scalars, gguf_text_config, read_gguf
 
     path = exported_f16
     hf, tokenizer = hf_270m
@@ -89,6 +89,15 @@ def test_real_270m_exports_to_f16_gguf_like_the_shipped_file(exported_f16, hf_27
     np.testing.assert_allclose(
         np.asarray(norm.data), hf.model.layers[3].post_feedforward_layernorm.weight.detach() + 1.0
     )
+
+    # The config `read_gguf` builds from the header is transformers' own reading of the file.
+    from transformers import AutoConfig
+
+    theirs = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name).to_dict()
+    header_config = gguf_text_config(path).to_dict()
+    differ = {k for k in set(theirs) | set(header_config) if theirs.get(k) != header_config.get(k)}
+    names = {"_name_or_path", "_model_name_or_path"}
+    assert differ <= names, {k: (header_config.get(k), theirs.get(k)) for k in differ}
 
     # Re-imported: the same next-token choices (teacher-forced) and logits within f16 rounding.
     reread, _ = read_gguf(path, with_tokenizer=False)
