@@ -422,6 +422,7 @@ def report(summary: dict, out: Path) -> str:
         f"| test top-1 accuracy | {summary['test_accuracy']:.3f} ({summary['times_chance']:.1f}x chance "
         f"{summary['chance']:.3f}) |",
         f"| mean class accuracy | {summary['mean_class_accuracy']:.3f} |",
+        f"| classes never predicted | {', '.join(summary['never_predicted']) or 'none'} |",
         f"| test clips | {summary['num_test']} |",
         f"| generation tokens/s | {stats.get('tokens_per_s', 0):.1f} |",
         *[f"| time: {k} | {v:.0f} s |" for k, v in summary["seconds"].items()],
@@ -460,13 +461,16 @@ def run(cfg: PipelineConfig) -> dict:
     mark("evaluation")
     seconds = {name: round(t - marks[i][1], 1) for i, (name, t) in enumerate(marks[1:])}
     seconds["total"] = round(marks[-1][1] - marks[0][1], 1)
-    chance = 1 / max(1, len(class_names(data)))
+    classes = class_names(data)
+    chance = 1 / max(1, len(classes))
+    predicted = {r.get("matched") for r in metrics.get("records", [])}
     summary = {
         "preset": cfg.preset_name,
         "test_accuracy": metrics["top1_accuracy"],
         "chance": chance,
         "times_chance": metrics["top1_accuracy"] / chance,
         "mean_class_accuracy": metrics["mean_class_accuracy"],
+        "never_predicted": [c for c in classes if c not in predicted],
         "num_test": metrics["num_samples"],
         "inference": stats,
         "seconds": seconds,

@@ -36,6 +36,12 @@ def test_whole_pipeline_tiny_learns_above_chance_and_reruns_identically(tmp_path
     assert sorted(p["id"] for p in preds) == sorted(r["id"] for r in test)
     assert summary["num_test"] == len(test) and summary["chance"] == 0.5
     assert summary["test_accuracy"] > summary["chance"], preds
+    named = {r["matched"] for r in json.loads((out / "eval" / "metrics.json").read_text())["records"]}
+    assert summary["never_predicted"] == [c for c in LEARNABLE if c not in named]
+    assert (
+        f"| classes never predicted | {', '.join(summary['never_predicted']) or 'none'} |"
+        in (out / "results.md").read_text()
+    )
     for f in (
         "results.md",
         "results.json",
