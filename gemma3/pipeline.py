@@ -79,8 +79,10 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         num_frames=8,
         keyframe_chunk_size=8,
-        keyframes_per_chunk=4,
-        image_output_grid=2,
+        # VideoMamba sees all 8 frames, CLIP gives one token per frame (40 visual tokens): with 4 CLIP-selected key
+        # frames (2x2 CLIP tokens each) bouncing was never predicted and the test top-1 was 0.73; with all 8, 0.94.
+        keyframes_per_chunk=8,
+        image_output_grid=1,
         video_output_grid=2,
         video_size="tiny",
         batch=8,
