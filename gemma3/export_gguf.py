@@ -385,16 +385,18 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
     def string(f) -> str:
         return f.read(read(f, "<Q")).decode("utf-8", errors="replace")
 
+    def skip_items(f, item: int, count: int) -> None:
+        if item in _SCALARS:
+            f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
+        else:
+            for _ in range(count):
+                skip(f, item)
+
     def skip(f, kind: int) -> None:
         if kind == 8:
             f.seek(read(f, "<Q"), 1)
         elif kind == 9:
-            item, count = read(f, "<I"), read(f, "<Q")
-            if item in _SCALARS:
-                f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
-            else:
-                for _ in range(count):
-                    skip(f, item)
+            skip_items(f, read(f, "<I"), read(f, "<Q"))
         else:
             f.seek(struct.calcsize(_SCALARS[kind]), 1)
 
@@ -412,10 +414,8 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
             elif kind in _SCALARS:
                 scalars[key] = read(f, _SCALARS[kind])
             elif kind == 9:
-                f.seek(4, 1)  # the item type
-                lengths[key] = read(f, "<Q")
-                f.seek(-12, 1)
-                skip(f, kind)
+                item, lengths[key] = read(f, "<I"), read(f, "<Q")
+                skip_items(f, item, lengths[key])
             else:
                 raise ValueError(f"{path}: metadata {key!r} has unknown GGUF value type {kind}")
         for _ in range(tensor_count):

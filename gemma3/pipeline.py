@@ -353,8 +353,7 @@ def finetune_arguments(cfg: PipelineConfig, src: ModelSources, pretrained: Path)
     return _stage_arguments(
         cfg, src, "finetune", cfg.output_dir / "finetune", p.finetune_steps, pretrained_projector=str(pretrained),
         use_lora=True, lora_r=p.lora_r, lora_alpha=p.lora_alpha, lora_dropout=p.lora_dropout, learning_rate=p.lr,
-        projector_lr=p.projector_lr,
-        image_encoder_lr=p.encoder_lr, video_encoder_lr=p.encoder_lr,
+        projector_lr=p.projector_lr, image_encoder_lr=p.encoder_lr, video_encoder_lr=p.encoder_lr,
     )  # fmt: skip
 
 
