@@ -57,7 +57,7 @@ def hf_270m(gemma270m_dir):
 def test_real_270m_exports_to_f16_gguf_like_the_shipped_file(exported_f16, hf_270m, shipped_gguf):
     import gguf
 
-    from gemma3.export_gguf import gguf_scalars, gguf_text_config, read_gguf
+    from gemma3.export_gguf import gguf_scalars, gguf_text_config, read_gguf, read_gguf_header
 
     path = exported_f16
     hf, tokenizer = hf_270m
@@ -75,6 +75,10 @@ def test_real_270m_exports_to_f16_gguf_like_the_shipped_file(exported_f16, hf_27
         scalars = gguf_scalars(file)
         assert len(scalars) > 20
         assert scalars == {k: f.contents() for k, f in reader.fields.items() if k in scalars}
+        header = read_gguf_header(file)
+        assert header.tensor_names == [t.name for t in reader.tensors]
+        arrays = {k: len(f.data) for k, f in reader.fields.items() if f.types[:1] == [gguf.GGUFValueType.ARRAY]}
+        assert header.array_lengths == arrays
     # Scores order the normal pieces (the merge priority llama.cpp's SentencePiece tokenizer uses) as the shipped
     # file does: both strictly decreasing in id order.
     types = np.array(ours.fields["tokenizer.ggml.token_type"].contents())
