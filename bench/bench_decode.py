@@ -1,15 +1,17 @@
 """Batch-1 CPU decoding of the real Gemma 3 270M: the project's default CPU path vs fp32 HF generate vs llama.cpp.
 
 Measured side by side in one run (median of repeats), 100-token prompt, 64 new greedy tokens, 2 threads:
-- ``fp32, exact head``: ``model.generate`` with the fp32 weights, what the project ran before;
-- ``project default``: the same generate with the rescored int8 output head (`gemma3.model.fast_head`), what
-  ``Predictor`` uses on CPU (``--head auto``);
-- ``bf16 + int8 head``: bf16 decoder weights as well (``--dtype bfloat16``);
+- ``fp32, exact head, generate``: ``model.generate`` with the fp32 weights, what users of transformers run;
+- ``fp32, int8 head, generate``: the same generate with the rescored int8 output head (`gemma3.model.fast_head`);
+- ``project default``: the int8 head and the static-cache decoding loop (`gemma3.model.static_decode`), what
+  ``Predictor`` uses on CPU (``--head auto --decoder auto``);
+- ``bf16 ...``: bf16 decoder weights as well (``--dtype bfloat16``);
 - ``llama.cpp``: llama-cpp-python on the Q4_K_M GGUF the project's 270M is converted from (the same weights), when
   it is installed (``pip install -r requirements-llama.txt``, an optional extra that compiles for ~20 minutes).
 
 Quality: teacher-forced next-token agreement with fp32 over 20 varied prompts x 64 positions (each prompt's fp32
-greedy continuation scored by every setting).
+greedy continuation scored by every setting's weights and head), and for the static-decoder settings the share of
+those 20 x 64 greedy tokens they generate themselves that equal fp32 generate's (each row up to its first miss).
 
     python bench/bench_decode.py [--repeats 5] [--threads 2]
 """
@@ -82,6 +84,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gemma3.model.fast_head import build_int8_head, output_head
+    from gemma3.model.static_decode import static_greedy_generate
     from gemma3.offline_models import gemma3_270m_gguf, gemma3_270m_path
 
     path = gemma3_270m_path()
@@ -90,17 +93,31 @@ def main() -> None:
     bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
     for model in (fp32, bf16):  # exactly max_new_tokens per call, as llama.cpp's loop below (no EOS stop, and no
         model.generation_config.eos_token_id = None  # min_new_tokens processor: it scans the 262k vocabulary per step)
-    settings = {
-        "fp32, exact head": (fp32, None),
-        "project default (fp32, int8 head)": (fp32, build_int8_head(fp32)),
-        "bf16 + int8 head": (bf16, build_int8_head(bf16)),
+    int8_fp32, int8_bf16 = build_int8_head(fp32), build_int8_head(bf16)
+    settings = {  # name: (model, generation head, static decoder)
+        "fp32, exact head, generate": (fp32, None, False),
+        "fp32, int8 head, generate": (fp32, int8_fp32, False),
+        "project default (fp32, int8, static)": (fp32, int8_fp32, True),
+        "bf16, int8 head, generate": (bf16, int8_bf16, False),
+        "bf16, int8 head, static": (bf16, int8_bf16, True),
     }
     ids = _long_prompt(tok, args.prompt_tokens)
     n = args.new_tokens
 
-    def decode(model, head):
+    def decode(model, head, static, prompt=ids):
         with torch.no_grad(), output_head(model, head):
-            return model.generate(ids, max_new_tokens=n, do_sample=False)
+            if static:
+                return static_greedy_generate(model, {"input_ids": prompt}, n, [], tok.pad_token_id)
+            return model.generate(prompt, max_new_tokens=n, do_sample=False)
+
+    def greedy_match(model, head, static) -> float:
+        """Share of the 20 x n fp32 greedy tokens this setting generates itself (each row up to its first miss)."""
+        same = 0
+        for seq, p, ref in zip(sequences, prompt_lens, reference):
+            got = decode(model, head, static, seq[:, :p])[0, p:]
+            miss = (got != ref).nonzero()
+            same += int(miss[0, 0]) if len(miss) else ref.numel()
+        return same / sum(r.numel() for r in reference)
 
     # Quality first: each prompt's fp32 greedy continuation, scored teacher-forced by every setting.
     sequences, prompt_lens, reference = [], [], []
@@ -113,14 +130,13 @@ def main() -> None:
         reference.append(seq[0, p.shape[1] :])
     print(f"prompt {ids.shape[1]} tokens, {n} new tokens, batch 1, {args.threads} threads, median of {args.repeats}")
     rates = {}
-    greedy_fp32 = decode(fp32, None)
-    for name, (model, head) in settings.items():
-        seconds = median_time(lambda m=model, h=head: decode(m, h), args.repeats)
+    for name, (model, head, static) in settings.items():
+        seconds = median_time(lambda m=model, h=head, s=static: decode(m, h, s), args.repeats)
         rates[name] = n / seconds
         agree = _agreement(model, head, sequences, prompt_lens, reference)
-        same = torch.equal(decode(model, head), greedy_fp32)
-        print(f"{name:<36} {rates[name]:6.1f} tokens/s | teacher-forced agreement with fp32 {agree:7.2%} "
-              f"({len(PROMPTS)} prompts x {n}) | greedy output {'identical' if same else 'differs'}")  # fmt: skip
+        match = f"{greedy_match(model, head, static):7.2%}" if static else "    (generate)"
+        print(f"{name:<38} {rates[name]:6.1f} tokens/s | teacher-forced agreement with fp32 {agree:7.2%} "
+              f"({len(PROMPTS)} prompts x {n}) | own greedy tokens = fp32 generate's {match}")  # fmt: skip
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -138,10 +154,10 @@ def main() -> None:
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
 
     rates["llama.cpp"] = n / median_time(llama_decode, args.repeats)
-    print(f"{'llama.cpp (Q4_K_M, same weights)':<36} {rates['llama.cpp']:6.1f} tokens/s")
-    default = rates["project default (fp32, int8 head)"]
+    print(f"{'llama.cpp (Q4_K_M, same weights)':<38} {rates['llama.cpp']:6.1f} tokens/s")
+    default = rates["project default (fp32, int8, static)"]
     print(f"project default / llama.cpp: {default / rates['llama.cpp']:.2f}x (goal >= 0.5x); "
-          f"project default / fp32 exact: {default / rates['fp32, exact head']:.2f}x")  # fmt: skip
+          f"project default / fp32 exact generate: {default / rates['fp32, exact head, generate']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--head", default="auto", choices=["auto", "exact", "int8"])
+    ap.add_argument("--decoder", default="auto", choices=["auto", "generate", "static"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import dataset as ds
@@ -59,6 +60,7 @@ def main() -> None:
             inf.GenerationConfig(max_new_tokens=args.new_tokens),
             CUSTOM.stop_token_ids(model.config, tok),
             head=inf.generation_head(model, args.head),
+            decoder=args.decoder,
         )
         if len(samples) < args.prompts:
             raise SystemExit(f"only {len(samples)} prompts available, {args.prompts} asked")

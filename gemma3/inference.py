@@ -32,8 +32,10 @@ import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
 from constants import DEFAULT_PROMPT, IGNORE_INDEX, VIDEO_EXTENSIONS, VIDEO_TAG
 from gemma3.argtypes import positive_float, positive_int
 from gemma3.model.fast_head import HEADS, build_int8_head, head_supported, output_head
+from gemma3.model.static_decode import static_decode_supported, static_greedy_generate
 
 logger = logging.getLogger(__name__)
+DECODERS = ("auto", "generate", "static")
 
 
 @dataclasses.dataclass
@@ -64,6 +66,8 @@ class Predictor:
         processing: the `ProcessingConfig` the plugin was made with (recorded in outputs).
         head: an output head used only while generating (`gemma3.model.fast_head`), e.g. the rescored int8 head
             on CPU; None keeps the model's own. Scoring always uses the model's own head.
+        decoder: ``auto`` (greedy replies of Gemma 3 decoders on CPU go through
+            `gemma3.model.static_decode`, everything else through ``generate``), ``generate`` or ``static``.
     """
 
     def __init__(
@@ -76,9 +80,13 @@ class Predictor:
         stop_ids: list[int] | None = None,
         processing=None,
         head: torch.nn.Module | None = None,
+        decoder: str = "auto",
     ) -> None:
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder {decoder!r}: choose {', '.join(DECODERS)}")
         self.model = model
         self.head = head
+        self.decoder = decoder
         self.tokenizer = tokenizer
         self.plugin = plugin
         self.template = template
@@ -110,15 +118,29 @@ class Predictor:
         if g.do_sample:
             kwargs.update(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k)
         pad = self.text_tokenizer.pad_token_id
+        static = self._use_static(g, batch["input_ids"].shape[1])
         with output_head(self.model, self.head):
-            out = self.model.generate(
-                **batch, **kwargs, pad_token_id=pad, eos_token_id=self.stop_ids, use_cache=True, streamer=streamer
-            )
+            if static:
+                min_new = getattr(self.model.generation_config, "min_new_tokens", None) or 0
+                out = static_greedy_generate(self.model, batch, g.max_new_tokens, self.stop_ids, pad, min_new, streamer)
+            else:
+                out = self.model.generate(
+                    **batch, **kwargs, pad_token_id=pad, eos_token_id=self.stop_ids, use_cache=True, streamer=streamer
+                )
         new = out[:, batch["input_ids"].shape[1] :]  # [B, new]
         stops = set(self.stop_ids) | {pad}
         counts = [int(sum(1 for t in row.tolist() if t not in stops)) for row in new]
         texts = [self.text_tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
         return texts, counts
+
+    def _use_static(self, g: GenerationConfig, prompt_length: int) -> bool:
+        """Whether this call decodes with `static_greedy_generate` (``decoder`` and what the call asks for)."""
+        if self.decoder == "generate":
+            return False
+        ok, why = static_decode_supported(self.model, g.do_sample, g.num_beams, prompt_length)
+        if not ok and self.decoder == "static":
+            raise ValueError(f"--decoder static: {why}")
+        return ok
 
     def encode_scored(self, sample) -> dict[str, torch.Tensor]:
         """Encode a full conversation for scoring (its final assistant reply supervised)."""
@@ -345,11 +367,12 @@ def load_predictor(
     frame_sampling: str | None = None,
     fps: float | None = None,
     head: str = "auto",
+    decoder: str = "auto",
 ) -> Predictor:
     """Load any model folder (custom base / trained / adapter output, or a native VLM) through its family record,
     with the frame processing saved beside it; ``num_frames`` / ``frame_sampling`` / ``fps`` override it.
     ``head``: the output head while generating: ``exact``, ``int8`` (`RescoredInt8Head`, CPU) or ``auto`` (int8
-    where supported)."""
+    where supported). ``decoder``: `Predictor`'s decoding loop choice."""
     from gemma3.families import family_for_checkpoint
     from gemma3.processing import resolve_processing
 
@@ -366,7 +389,7 @@ def load_predictor(
     stop_ids = family.stop_token_ids(config, tokenizer)
     return Predictor(
         model, tokenizer, plugin, family.template(config), generation, stop_ids, processing,
-        head=generation_head(model, head),
+        head=generation_head(model, head), decoder=decoder,
     )  # fmt: skip
 
 
@@ -410,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default="auto", choices=["auto", *HEADS],
                    help="output head while generating: int8 rows with the best 32 logits recomputed exactly (CPU; "
                    "auto picks it there), or exact")  # fmt: skip
+    p.add_argument("--decoder", default="auto", choices=list(DECODERS),
+                   help="greedy decoding loop: static (preallocated cache, lean per-token loop; Gemma 3 on CPU, "
+                   "auto picks it there) or generate (transformers' generate)")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
     return p
@@ -437,6 +463,7 @@ def main(argv: list[str] | None = None) -> dict:
         frame_sampling=args.frame_sampling,
         fps=args.fps,
         head=args.head,
+        decoder=args.decoder,
     )
     if args.annotations:
         from dataset import load_annotations

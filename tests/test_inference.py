@@ -127,3 +127,27 @@ def test_left_padding_uses_pad_not_eos(trained):
     assert tok.pad_token_id != tok.eos_token_id
     assert batch["input_ids"][0, 0] == tok.pad_token_id and batch["attention_mask"][0, 0] == 0
     assert torch.all(batch["attention_mask"][:, -1] == 1)
+
+
+def test_static_decoder_replies_equal_generate(trained):
+    """The default CPU decoding loop (`gemma3.model.static_decode`) on the trained custom model: the same replies
+    as transformers' generate, on a left-padded batch with visual tokens; sampling keeps generate."""
+    root, data = trained
+    samples = [inf.split_reference(s)[0] for s in ds.load_annotations(data)]
+    samples[1] = ds.Sample(
+        samples[1].id, [{"role": "user", "content": "<video>\n" + "longer prompt " * 4}], samples[1].media
+    )
+    gen = inf.GenerationConfig(max_new_tokens=8)
+    pred = inf.load_predictor(str(root / "out"), generation=gen)
+    assert pred.decoder == "auto" and pred._use_static(gen, 20)  # auto picks it for greedy Gemma 3 on CPU
+    feats = [pred.encode(s) for s in samples]
+    static = pred.generate(feats)
+    assert sum(static[1]) > 0  # tokens were generated
+    pred.decoder = "generate"
+    assert pred.generate(feats) == static
+    assert not pred._use_static(inf.GenerationConfig(do_sample=True), 20)
+    pred.decoder = "static"
+    with pytest.raises(ValueError, match="--decoder static: sampling"):
+        pred.generate(feats[:1], inf.GenerationConfig(do_sample=True))
+    with pytest.raises(ValueError, match="decoder 'fast'"):
+        inf.Predictor(pred.model, pred.tokenizer, pred.plugin, pred.template, decoder="fast")
