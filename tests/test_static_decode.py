@@ -102,5 +102,7 @@ def test_when_it_applies():
     other = Gemma3nForCausalLM(tiny_text_config("gemma3n", vocab_size=128))
     ok, why = static_decode_supported(other, False, 1, 10)
     assert not ok and "not a Gemma 3 text decoder" in why
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        static_greedy_generate(model, {"input_ids": torch.tensor([[1, 2]])}, 0, [1], 0)
     with pytest.raises(ValueError, match="needs a Gemma 3 text decoder"):
         static_greedy_generate(other, {"input_ids": torch.tensor([[1, 2]])}, 2, [1], 0)

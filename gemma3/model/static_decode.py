@@ -138,6 +138,8 @@ def static_greedy_generate(
     Returns:
         the prompt ids followed by the new tokens, [B, L + n] with n <= max_new_tokens (fewer when every row ended).
     """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     ids, attention = batch["input_ids"], batch.get("attention_mask")
     if attention is None:
         attention = torch.ones_like(ids)
