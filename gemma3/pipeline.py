@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -335,6 +336,7 @@ def train_stage(arguments: dict, log: Path) -> None:
     with log_to(log):
         T.ensure_distributed_env(arguments.get("deepspeed"))
         T.train(*check_arguments(*argument_parser().parse_dict(arguments)))
+    gc.collect()  # the stage's model, optimizer and feature cache, before the next stage loads its own
 
 
 def pretrain_arguments(cfg: PipelineConfig, src: ModelSources) -> dict:

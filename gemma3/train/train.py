@@ -368,7 +368,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         save_processing(str(merged_dir))
         logger.info("Merged model written to %s", merged_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {
+    summary = {
         "output_dir": str(out),
         "family": family.name,
         "global_step": trainer.state.global_step,
@@ -384,6 +384,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         else [],
         "data_stats": str(stats) if stats is not None else None,
     }
+    trainer.release()  # frees the DeepSpeed engine (and with it the model, once the caller drops the summary)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> dict:
