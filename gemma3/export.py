@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from gemma3.tokenizer_files import save_tokenizer
+
 logger = logging.getLogger(__name__)
 
 TARGETS = ("hf", "gguf", "onnx")
@@ -170,7 +172,7 @@ def export_native_hf(model_path: str | Path, output: Path, dtype: torch.dtype, f
     model = model.to(dtype)
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
-    processor.save_pretrained(output)
+    save_tokenizer(processor, output)
     if (Path(model_path) / PROCESSING_FILE).exists():
         shutil.copy(Path(model_path) / PROCESSING_FILE, output / PROCESSING_FILE)
     info = {"format": "hf", "family": family.name, "class": type(model).__name__, "dtype": str(dtype)}
@@ -196,8 +198,8 @@ def export_custom_hf(model_path: str | Path, output: Path, dtype: torch.dtype) -
     model = model.to(dtype)
     output.mkdir(parents=True, exist_ok=True)
     model.language_model.save_pretrained(output / "language_model")
-    tokenizer.save_pretrained(output / "language_model")
-    tokenizer.save_pretrained(output)
+    save_tokenizer(tokenizer, output / "language_model")
+    save_tokenizer(tokenizer, output)
     sources = {"llm": "language_model", "image_encoder": None, "video_encoder": None}
     keep = {"video_encoder", "projector"}
     if model.image_encoder is not None:

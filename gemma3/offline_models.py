@@ -38,11 +38,15 @@ def gemma3_270m_path(cache_dir: str | Path | None = None) -> Path:
     """
     target = Path(cache_dir) if cache_dir else cache_root() / "gemma-3-270m"
     if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
+        from gemma3.tokenizer_files import list_added_tokens
+
+        list_added_tokens(target)  # a folder converted before the list was written: once
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from conversation import ensure_chat_template
+    from gemma3.tokenizer_files import save_tokenizer
 
     gguf = gemma3_270m_gguf()
     logger.info("Converting %s to an HF folder at %s", gguf, target)
@@ -57,7 +61,7 @@ def gemma3_270m_path(cache_dir: str | Path | None = None) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".gemma-3-270m-", dir=target.parent))
     try:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:

@@ -12,6 +12,7 @@ from tiny_models import tiny_text_config
 from transformers import AutoTokenizer
 
 from gemma3.model import backbones
+from gemma3.tokenizer_files import save_tokenizer
 
 CLIP_CFG = {
     "hidden_size": 32,
@@ -37,7 +38,7 @@ def make_llm(root: Path, gemma270m_dir: Path, family: str = "gemma3", name: str 
         setattr(cfg, key, value)
     lm = backbones.build_text_backbone(cfg)
     lm.save_pretrained(out)
-    tok.save_pretrained(out)
+    save_tokenizer(tok, out)
     return out
 
 

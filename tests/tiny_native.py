@@ -15,6 +15,7 @@ from tiny_models import tiny_text_config
 from transformers import AutoTokenizer
 
 from conversation import official_chat_template
+from gemma3.tokenizer_files import save_tokenizer
 
 NATIVE_FAMILIES = ("gemma3", "gemma3n", "gemma4")
 
@@ -178,5 +179,5 @@ def make_native(root: Path, gemma270m_dir: Path, family: str) -> Path:
     if projector is not None:  # initialised to zeros, which would stop every gradient into the vision tower
         torch.nn.init.normal_(projector.mm_input_projection_weight, std=0.2)
     model.save_pretrained(out)
-    proc.save_pretrained(out)
+    save_tokenizer(proc, out)
     return out

@@ -30,6 +30,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
 from gemma3.families import Family, family_for_checkpoint
+from gemma3.tokenizer_files import save_tokenizer
 from gemma3.train.arguments import DataArguments, ModelArguments, TrainingArguments, expand_config, parse_args
 from gemma3.train.trainer import LossPlotCallback, VideoGemmaTrainer, is_peft_model
 
@@ -331,7 +332,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         (out / "hyperparameters.json").write_text(json.dumps(hparams, indent=2, default=str))
 
     def save_processing(folder: str) -> None:
-        processor.save_pretrained(folder)
+        save_tokenizer(processor, folder)
         processing.save_pretrained(folder)
 
     lrs = {
