@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -34,9 +35,22 @@ def gemma3_270m_path(cache_dir: str | Path | None = None) -> Path:
     """Plain HF folder of Gemma 3 270M, converted from the PyPI GGUF package on first use (about a minute).
 
     The folder is written under a temporary name and renamed into place, so a killed conversion is never
-    mistaken for a finished one and concurrent callers cannot see half a folder.
+    mistaken for a finished one; concurrent callers take turns on a lock file beside it, so the second one waits
+    and reuses the first one's folder.
     """
     target = Path(cache_dir) if cache_dir else cache_root() / "gemma-3-270m"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # One conversion at a time: a second process (another test worker, a second job) waits for the first one's
+    # folder instead of converting again beside it.
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _converted_270m(target)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _converted_270m(target: Path) -> Path:
     if (target / "config.json").exists() and (target / "tokenizer_config.json").exists():
         from gemma3.tokenizer_files import list_added_tokens
 

@@ -38,3 +38,27 @@ def test_saved_folder_lists_added_tokens_and_loads_the_same_tokenizer(tmp_path, 
     assert json.loads((plain / "tokenizer_config.json").read_text()) == config
     assert list_added_tokens(plain) is False
     assert list_added_tokens(tmp_path / "missing") is False
+
+
+def test_a_second_caller_waits_for_the_conversion_in_progress(tmp_path):
+    """Two test workers (or jobs) asking for the converted Gemma 3 270M at once: the second waits on the lock and
+    reuses the first one's folder instead of converting beside it."""
+    import fcntl
+    import threading
+
+    from gemma3.offline_models import gemma3_270m_path
+
+    target = tmp_path / "gemma-3-270m"
+    got = []
+    with open(tmp_path / ".gemma-3-270m.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a conversion in progress
+        waiter = threading.Thread(target=lambda: got.append(gemma3_270m_path(target)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not got  # waiting, not converting
+        target.mkdir()  # the first caller's finished folder
+        (target / "config.json").write_text("{}")
+        (target / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {}}))
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    waiter.join(timeout=60)
+    assert got == [target]
