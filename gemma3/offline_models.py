@@ -42,12 +42,9 @@ def gemma3_270m_path(cache_dir: str | Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     # One conversion at a time: a second process (another test worker, a second job) waits for the first one's
     # folder instead of converting again beside it.
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
+    with open(target.parent / f".{target.name}.lock", "w") as lock:  # closing it releases the lock
         fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return _converted_270m(target)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        return _converted_270m(target)
 
 
 def _converted_270m(target: Path) -> Path:
@@ -71,7 +68,6 @@ def _converted_270m(target: Path) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.hf_quantizer = None
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".gemma-3-270m-", dir=target.parent))
     try:
         model.save_pretrained(tmp)

@@ -35,17 +35,17 @@ def test_real_270m_left_padded_batch_equals_generate(real):
     model, tok = real
     batch = dict(tok(PROMPTS, return_tensors="pt", padding=True))
     assert (batch["attention_mask"] == 0).any()  # left padding is exercised
-    eos = [tok.eos_token_id, 106]
-    want = _generate(model, batch, 16, eos, tok.pad_token_id)
-    got = static_greedy_generate(model, batch, 16, eos, tok.pad_token_id)
+    eos, new = [tok.eos_token_id, 106], 16  # end tokens, new tokens per row
+    want = _generate(model, batch, new, eos, tok.pad_token_id)
+    got = static_greedy_generate(model, batch, new, eos, tok.pad_token_id)
     assert torch.equal(got, want)
     # One prompt alone gives its row of the batch (padding changes nothing).
     one = dict(tok(PROMPTS[1:2], return_tensors="pt"))
-    alone = static_greedy_generate(model, one, 16, eos, tok.pad_token_id)
+    alone = static_greedy_generate(model, one, new, eos, tok.pad_token_id)
     assert alone[0, one["input_ids"].shape[1] :].tolist() == got[1, batch["input_ids"].shape[1] :].tolist()
     # With the rescored int8 head swapped in, as Predictor does on CPU: still generate's tokens.
     with output_head(model, build_int8_head(model)):
-        assert torch.equal(static_greedy_generate(model, batch, 16, eos, tok.pad_token_id), want)
+        assert torch.equal(static_greedy_generate(model, batch, new, eos, tok.pad_token_id), want)
 
 
 def test_eos_ends_rows_min_new_tokens_and_streamer(real):

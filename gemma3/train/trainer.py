@@ -99,7 +99,8 @@ class VideoGemmaTrainer(Trainer):
         """Tear down the DeepSpeed engine once training is over. Its backward hooks and the model reference each
         other through autograd nodes the garbage collector cannot see, so without this the whole model (and
         its optimizer) stays in memory after the trainer is dropped: several GB per stage when the pipeline
-        runs its stages in one process. The model itself stays usable."""
+        runs its stages in one process. The model stays usable, except under ZeRO-3, where its parameters
+        stay partitioned."""
         engine = self.model_wrapped
         if self.is_deepspeed_enabled and engine is not self.model and hasattr(engine, "destroy"):
             engine.destroy()
