@@ -391,6 +391,7 @@ def _build_arguments(model_args, data_args) -> dict:
         "keyframes_per_chunk": model_args.keyframes_per_chunk,
         "image_output_grid": model_args.image_output_grid,
         "video_output_grid": model_args.video_output_grid,
+        "projector_norm": model_args.projector_norm,
         "use_video_encoder": model_args.use_video_encoder,
         "image_encoder_config": _load_mapping(model_args.image_encoder_config),
         "video_encoder_config": _load_mapping(model_args.video_encoder_config),

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from constants import IGNORE_INDEX
 from gemma3.model import backbones
+from gemma3.model.configuration import ProjectorConfig
 from gemma3.model.encoders import select_keyframes
 from gemma3.model.modeling import VideoGemmaForCausalLM, component_of
 from gemma3.model.projector import ETPProjector
@@ -191,6 +192,52 @@ def test_etp_projector_pools_real_grid_and_checks_width():
     assert out.shape == (3, 4, 16)
     with pytest.raises(ValueError, match="4x4=16 tokens"):
         proj(torch.randn(3, 9, 8))
+
+
+def test_etp_projector_norm_positions():
+    """``output`` gives unit-RMS soft tokens; ``input`` is blind to the encoder's feature scale. A component shared
+    by every sample (a large bias on the MLP's output) eats the samples' spread under ``output`` and leaves it as it
+    is under ``input``: the collapse the cpu preset's encoders trained from scratch fell into."""
+    torch.manual_seed(0)
+    tokens = torch.randn(6, 16, 8)  # [N, G*G, in]
+    out_norm = ETPProjector(8, 16, 4, 2, norm_position="output")
+    in_norm = ETPProjector(8, 16, 4, 2, norm_position="input")
+    assert in_norm.norm.weight.shape == (8,) and out_norm.norm.weight.shape == (16,)
+    with torch.no_grad():
+        rms = out_norm(tokens).pow(2).mean(-1).sqrt()
+        torch.testing.assert_close(rms, torch.ones_like(rms), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(in_norm(tokens), in_norm(100 * tokens), rtol=1e-4, atol=1e-5)
+
+        def spread(proj):  # mean distance of each sample's tokens from the mean sample's
+            out = proj(tokens)  # [N, g*g, D]
+            return (out - out.mean(0)).norm(dim=-1).mean()
+
+        before = {p: spread(p) for p in (out_norm, in_norm)}
+        for proj in (out_norm, in_norm):
+            proj.mlp[-1].bias += 50.0
+        assert spread(out_norm) < 0.1 * before[out_norm]
+        torch.testing.assert_close(spread(in_norm), before[in_norm], rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="norm_position 'middle': choose output or input"):
+        ETPProjector(8, 16, 4, 2, norm_position="middle")
+
+
+def test_save_load_keeps_the_projector_norm_position(tmp_path):
+    config = tiny_video_gemma_config(
+        projector_config=ProjectorConfig(
+            video_input_grid=2, video_output_grid=2, image_input_grid=4, image_output_grid=2, norm_position="input"
+        )
+    )
+    model = VideoGemmaForCausalLM(config).eval()
+    assert model.video_projector.norm_input and model.image_projector.norm_input
+    batch = _batch(config)
+    batch.pop("labels")
+    with torch.no_grad():
+        before = model(**batch).logits
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert loaded.config.projector_config.norm_position == "input"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, before)
 
 
 def test_config_rejects_mismatched_videomamba_frames():

@@ -81,9 +81,19 @@ def test_stage_arguments_are_the_training_entry_points_own(tmp_path):
     args = pipeline._stage_arguments(cfg, src, "finetune", tmp_path / "o" / "ft", 5, use_lora=True)
     m, d, t = check_arguments(*argument_parser().parse_dict(args))
     assert (m.image_encoder, m.use_lora, d.num_frames, t.max_steps, t.stage) == (None, True, 8, 5, "finetune")
+    assert (m.projector_norm, t.bf16) == ("input", pipeline.cpu_computes_bf16())  # the cpu preset's (see PRESETS)
     gpu = pipeline.PipelineConfig("gpu", pipeline.PRESETS["gpu"], tmp_path / "d", tmp_path / "o")
     args = pipeline._stage_arguments(gpu, src, "pretrain", tmp_path / "o" / "pre", 0)
     assert args["deepspeed"].endswith("scripts/zero2.json") and args["num_train_epochs"] == 1.0
+
+
+def test_cpu_bf16_only_where_the_cpu_computes_in_bf16(tmp_path):
+    info = tmp_path / "cpuinfo"
+    cases = (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True))
+    for flags, expected in cases:
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert pipeline.cpu_computes_bf16(info) is expected
+    assert pipeline.cpu_computes_bf16(tmp_path / "missing") is False
 
 
 def test_gpu_preset_learning_rates_reach_the_optimizer(tmp_path, gemma270m_dir):

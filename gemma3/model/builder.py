@@ -69,6 +69,7 @@ def custom_config(
     video_output_grid: int,
     use_video_encoder: bool,
     video_encoder_config: dict | None,
+    projector_norm: str = "output",
 ) -> VideoGemmaConfig:
     """The custom model's config from its parts' configs (what `build_model` and `build_meta_model` build)."""
     image_id, video_id = choose_placeholder_ids(tokenizer)
@@ -87,6 +88,7 @@ def custom_config(
             video_output_grid=video_output_grid,
             image_input_grid=grid,
             image_output_grid=image_output_grid,
+            norm_position=projector_norm,
         ),
         image_token_id=image_id,
         video_token_id=video_id,
@@ -115,6 +117,7 @@ def build_meta_model(
     image_encoder_config: dict | None = None,
     video_encoder_config: dict | None = None,
     video_encoder: str | Path | None = None,
+    projector_norm: str = "output",
 ) -> tuple[VideoGemmaForCausalLM, PreTrainedTokenizerBase]:
     """The model `build_model` would build, on the ``meta`` device: configs and tokenizer only, no weights."""
     from transformers import AutoConfig, CLIPVisionConfig
@@ -128,6 +131,7 @@ def build_meta_model(
     config = custom_config(
         text, clip_cfg, tokenizer, llm, image_encoder, video_encoder, video_size, num_frames, keyframe_chunk_size,
         keyframes_per_chunk, image_output_grid, video_output_grid, use_video_encoder, video_encoder_config,
+        projector_norm,
     )  # fmt: skip
     with torch.device("meta"):
         return VideoGemmaForCausalLM(config), tokenizer
@@ -148,6 +152,7 @@ def build_model(
     image_encoder_config: dict | None = None,
     video_encoder_config: dict | None = None,
     quantization_config=None,
+    projector_norm: str = "output",
 ) -> tuple[VideoGemmaForCausalLM, PreTrainedTokenizerBase]:
     """Assemble the model from real checkpoints.
 
@@ -164,6 +169,8 @@ def build_model(
         dtype: parameter dtype (bf16 on GPU; fp32 on CPU).
         image_encoder_config / video_encoder_config: overrides for encoders built without checkpoints.
         quantization_config: a `BitsAndBytesConfig` for the language model (QLoRA; CUDA only).
+        projector_norm: where the ETP projectors RMS-normalise: ``output`` (the soft tokens) or ``input`` (the
+            encoder tokens, as Gemma 3's projector; see `ETPProjector`).
     """
     tokenizer = AutoTokenizer.from_pretrained(llm)
     choose_placeholder_ids(tokenizer)  # fails before any weights load
@@ -178,7 +185,7 @@ def build_model(
     config = custom_config(
         lm.config, clip.config, tokenizer, llm, image_encoder, video_encoder, video_size, num_frames,
         keyframe_chunk_size, keyframes_per_chunk, image_output_grid, video_output_grid, use_video_encoder,
-        video_encoder_config,
+        video_encoder_config, projector_norm,
     )  # fmt: skip
     model = VideoGemmaForCausalLM(config, meta_language_model=True)
     # Swap in the loaded sub-models (the LM placeholder was never materialised; the fresh CLIP is discarded).
@@ -288,6 +295,7 @@ def _rebuild_base(config: VideoGemmaConfig, dtype: torch.dtype, folder: str | Pa
         keyframes_per_chunk=config.keyframes_per_chunk,
         image_output_grid=config.projector_config.image_output_grid,
         video_output_grid=config.projector_config.video_output_grid,
+        projector_norm=config.projector_config.norm_position,
         use_video_encoder=config.use_video_encoder,
         dtype=dtype,
         image_encoder_config=None if sources.get("image_encoder") else config.vision_config.to_dict(),

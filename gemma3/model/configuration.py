@@ -96,7 +96,8 @@ class ProjectorConfig(PreTrainedConfig):
     """ETP projectors: Linear -> GELU -> Linear to the LLM width, then grid pooling with a depthwise-conv residual.
 
     Grids are explicit: ``*_input_grid`` is the side of the token grid the encoder emits per frame, and
-    ``*_output_grid`` the side after pooling. Tokens per frame = ``*_output_grid ** 2``.
+    ``*_output_grid`` the side after pooling. Tokens per frame = ``*_output_grid ** 2``. ``norm_position``: the
+    RMSNorm on the soft tokens (``output``) or on the encoder tokens before the MLP (``input``; see `ETPProjector`).
     """
 
     model_type = "etp_projector"
@@ -110,6 +111,7 @@ class ProjectorConfig(PreTrainedConfig):
         image_output_grid: int = 7,
         hidden_act: str = "gelu",
         use_norm: bool = True,
+        norm_position: str = "output",
         **kwargs: Any,
     ) -> None:
         self.projector_type = projector_type
@@ -119,6 +121,7 @@ class ProjectorConfig(PreTrainedConfig):
         self.image_output_grid = image_output_grid
         self.hidden_act = hidden_act
         self.use_norm = use_norm
+        self.norm_position = norm_position  # RMSNorm on the soft tokens ("output") or the encoder tokens ("input")
         super().__init__(**kwargs)
 
 

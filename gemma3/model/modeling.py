@@ -69,7 +69,13 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
             if grid != proj.image_input_grid:
                 raise ValueError(f"CLIP grid is {grid}x{grid} but projector image_input_grid={proj.image_input_grid}")
             self.image_projector = ETPProjector(
-                config.vision_config.hidden_size, hidden, grid, proj.image_output_grid, proj.hidden_act, proj.use_norm
+                config.vision_config.hidden_size,
+                hidden,
+                grid,
+                proj.image_output_grid,
+                proj.hidden_act,
+                proj.use_norm,
+                proj.norm_position,
             )
         self.video_encoder = None
         self.video_projector = None
@@ -83,7 +89,13 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
                     f"VideoMamba out_grid={vcfg.out_grid} but projector video_input_grid={proj.video_input_grid}"
                 )
             self.video_projector = ETPProjector(
-                vcfg.embed_dim, hidden, vcfg.out_grid, proj.video_output_grid, proj.hidden_act, proj.use_norm
+                vcfg.embed_dim,
+                hidden,
+                vcfg.out_grid,
+                proj.video_output_grid,
+                proj.hidden_act,
+                proj.use_norm,
+                proj.norm_position,
             )
         self.feature_cache: FeatureCache | None = None  # set by training when a stage freezes the encoders
         self._fingerprint: tuple[int, str] | None = None  # (parameter versions, encoder weights hash)

@@ -17,6 +17,7 @@ from transformers import TrainingArguments as HFTrainingArguments
 
 from constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM, DEFAULT_MAX_BAD_FRACTION, DEFAULT_NUM_FRAMES
 from gemma3.families import KINDS
+from gemma3.model.projector import NORM_POSITIONS
 
 STAGES = ("pretrain", "finetune")
 
@@ -33,6 +34,9 @@ class ModelArguments:
     use_video_encoder: bool = field(default=True)
     image_output_grid: int = field(default=7, metadata={"help": "ETP pooled grid side for CLIP tokens"})
     video_output_grid: int = field(default=7, metadata={"help": "ETP pooled grid side for VideoMamba tokens"})
+    projector_norm: str = field(
+        default="output", metadata={"help": "ETP RMSNorm on the soft tokens (output) or the encoder tokens (input)"}
+    )
     keyframe_chunk_size: int = field(default=8)
     keyframes_per_chunk: int = field(default=4)
     image_encoder_config: str | None = field(
@@ -144,6 +148,8 @@ def check_arguments(
         raise ValueError(f"--stage must be one of {STAGES}, got {train_args.stage!r}")
     if model_args.model_family not in KINDS:
         raise ValueError(f"--model_family must be one of {KINDS}, got {model_args.model_family!r}")
+    if model_args.projector_norm not in NORM_POSITIONS:
+        raise ValueError(f"--projector_norm must be one of {NORM_POSITIONS}, got {model_args.projector_norm!r}")
     if model_args.bits not in (4, 8, 16):
         raise ValueError(f"--bits must be 4, 8 or 16, got {model_args.bits}")
     if not data_args.data_path:
