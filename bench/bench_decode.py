@@ -3,8 +3,9 @@
 Measured side by side in one run (median of repeats), 100-token prompt, 64 new greedy tokens, 2 threads:
 - ``fp32, exact head, generate``: ``model.generate`` with the fp32 weights, what users of transformers run;
 - ``fp32, int8 head, generate``: the same generate with the rescored int8 output head (`gemma3.model.fast_head`);
-- ``project default``: the int8 head and the static-cache decoding loop (`gemma3.model.static_decode`), what
-  ``Predictor`` uses on CPU (``--head auto --decoder auto``);
+- ``fp32, int8 head, static``: the int8 head and the static-cache decoding loop (`gemma3.model.static_decode`);
+- ``project default``: the same with fp16 copies of the decoder's linears (`gemma3.model.fast_linears`, fbgemm's
+  fp16 GEMM with fp32 activations), what ``Predictor`` uses on CPU (``--head auto --decoder auto --weights auto``);
 - ``bf16 ...``: bf16 decoder weights as well (``--dtype bfloat16``);
 - ``llama.cpp``: llama-cpp-python on the Q4_K_M GGUF the project's 270M is converted from (the same weights), when
   it is installed (``pip install -r requirements-llama.txt``, an optional extra that compiles for ~20 minutes).
@@ -60,12 +61,13 @@ def _long_prompt(tok, length: int) -> torch.Tensor:
     return ids  # [1, length]
 
 
-def _agreement(model, head, sequences: list[torch.Tensor], prompt_lens: list[int], reference: list[torch.Tensor]):
+def _agreement(model, head, sequences, prompt_lens, reference, linears=None) -> float:
     """Share of the continuation positions whose argmax equals the reference's."""
     from gemma3.model.fast_head import output_head
+    from gemma3.model.fast_linears import linears_in_forward
 
     same = total = 0
-    with torch.no_grad(), output_head(model, head):
+    with torch.no_grad(), output_head(model, head), linears_in_forward(model, linears):
         for seq, n, ref in zip(sequences, prompt_lens, reference):
             pred = model(seq).logits[0, n - 1 : -1].argmax(-1)  # [64]
             same += int((pred == ref).sum())
@@ -84,6 +86,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from gemma3.model.fast_head import build_int8_head, output_head
+    from gemma3.model.fast_linears import pack_fp16_linears
     from gemma3.model.static_decode import static_greedy_generate
     from gemma3.offline_models import gemma3_270m_gguf, gemma3_270m_path
 
@@ -94,27 +97,29 @@ def main() -> None:
     for model in (fp32, bf16):  # exactly max_new_tokens per call, as llama.cpp's loop below (no EOS stop, and no
         model.generation_config.eos_token_id = None  # min_new_tokens processor: it scans the 262k vocabulary per step)
     int8_fp32, int8_bf16 = build_int8_head(fp32), build_int8_head(bf16)
-    settings = {  # name: (model, generation head, static decoder)
-        "fp32, exact head, generate": (fp32, None, False),
-        "fp32, int8 head, generate": (fp32, int8_fp32, False),
-        "project default (fp32, int8, static)": (fp32, int8_fp32, True),
-        "bf16, int8 head, generate": (bf16, int8_bf16, False),
-        "bf16, int8 head, static": (bf16, int8_bf16, True),
+    fp16 = pack_fp16_linears(fp32)
+    settings = {  # name: (model, generation head, static decoder, the static decoder's linears)
+        "fp32, exact head, generate": (fp32, None, False, None),
+        "fp32, int8 head, generate": (fp32, int8_fp32, False, None),
+        "fp32, int8 head, static": (fp32, int8_fp32, True, None),
+        "project default (fp16 w, int8, static)": (fp32, int8_fp32, True, fp16),
+        "bf16, int8 head, generate": (bf16, int8_bf16, False, None),
+        "bf16, int8 head, static": (bf16, int8_bf16, True, None),
     }
     ids = _long_prompt(tok, args.prompt_tokens)
     n = args.new_tokens
 
-    def decode(model, head, static, prompt=ids):
+    def decode(model, head, static, linears=None, prompt=ids):
         with torch.no_grad(), output_head(model, head):
             if static:
-                return static_greedy_generate(model, {"input_ids": prompt}, n, [], tok.pad_token_id)
+                return static_greedy_generate(model, {"input_ids": prompt}, n, [], tok.pad_token_id, linears=linears)
             return model.generate(prompt, max_new_tokens=n, do_sample=False)
 
-    def greedy_match(model, head, static) -> float:
+    def greedy_match(model, head, static, linears) -> float:
         """Share of the 20 x n fp32 greedy tokens this setting generates itself (each row up to its first miss)."""
         same = 0
         for seq, p, ref in zip(sequences, prompt_lens, reference):
-            got = decode(model, head, static, seq[:, :p])[0, p:]
+            got = decode(model, head, static, linears, seq[:, :p])[0, p:]
             miss = (got != ref).nonzero()
             same += int(miss[0, 0]) if len(miss) else ref.numel()
         return same / sum(r.numel() for r in reference)
@@ -130,12 +135,12 @@ def main() -> None:
         reference.append(seq[0, p.shape[1] :])
     print(f"prompt {ids.shape[1]} tokens, {n} new tokens, batch 1, {args.threads} threads, median of {args.repeats}")
     rates = {}
-    for name, (model, head, static) in settings.items():
-        seconds = median_time(lambda m=model, h=head, s=static: decode(m, h, s), args.repeats)
+    for name, (model, head, static, linears) in settings.items():
+        seconds = median_time(lambda m=model, h=head, s=static, li=linears: decode(m, h, s, li), args.repeats)
         rates[name] = n / seconds
-        agree = _agreement(model, head, sequences, prompt_lens, reference)
-        match = f"{greedy_match(model, head, static):7.2%}" if static else "    (generate)"
-        print(f"{name:<38} {rates[name]:6.1f} tokens/s | teacher-forced agreement with fp32 {agree:7.2%} "
+        agree = _agreement(model, head, sequences, prompt_lens, reference, linears)
+        match = f"{greedy_match(model, head, static, linears):7.2%}" if static else "    (generate)"
+        print(f"{name:<40} {rates[name]:6.1f} tokens/s | teacher-forced agreement with fp32 {agree:7.2%} "
               f"({len(PROMPTS)} prompts x {n}) | own greedy tokens = fp32 generate's {match}")  # fmt: skip
     try:
         from llama_cpp import Llama
@@ -154,8 +159,8 @@ def main() -> None:
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
 
     rates["llama.cpp"] = n / median_time(llama_decode, args.repeats)
-    print(f"{'llama.cpp (Q4_K_M, same weights)':<38} {rates['llama.cpp']:6.1f} tokens/s")
-    default = rates["project default (fp32, int8, static)"]
+    print(f"{'llama.cpp (Q4_K_M, same weights)':<40} {rates['llama.cpp']:6.1f} tokens/s")
+    default = rates["project default (fp16 w, int8, static)"]
     print(f"project default / llama.cpp: {default / rates['llama.cpp']:.2f}x (goal >= 0.5x); "
           f"project default / fp32 exact generate: {default / rates['fp32, exact head, generate']:.2f}x")  # fmt: skip
 

@@ -1,6 +1,7 @@
 """Generated tokens/s at batch 1 vs batch 8: same prompts, same model (custom model, Gemma 3 270M backbone, small
-encoders), measured side by side in one run on CPU, with the output head inference uses by default there (``--head
-auto``: the rescored int8 head). Batch-1 decoding against llama.cpp: ``bench/bench_decode.py``.
+encoders), measured side by side in one run on CPU, with the output head and decoder weights inference uses by
+default there (``--head auto``: the rescored int8 head; ``--weights auto``: fp16 copies of the decoder's linears).
+Batch-1 decoding against llama.cpp: ``bench/bench_decode.py``.
 
     python bench/bench_inference.py [--prompts 16] [--new_tokens 24] [--threads 2]
 """
@@ -26,10 +27,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--head", default="auto", choices=["auto", "exact", "int8"])
     ap.add_argument("--decoder", default="auto", choices=["auto", "generate", "static"])
+    ap.add_argument("--weights", default="auto", choices=["auto", "fp32", "fp16"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import dataset as ds
     import gemma3.inference as inf
+    import gemma3.model.fast_linears as fp
     from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset
     from gemma3.families import CUSTOM
     from gemma3.model.builder import build_model
@@ -61,6 +64,7 @@ def main() -> None:
             CUSTOM.stop_token_ids(model.config, tok),
             head=inf.generation_head(model, args.head),
             decoder=args.decoder,
+            linears=None if args.decoder == "generate" else fp.decoder_linears(model, args.weights),
         )
         if len(samples) < args.prompts:
             raise SystemExit(f"only {len(samples)} prompts available, {args.prompts} asked")

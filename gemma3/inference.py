@@ -32,6 +32,7 @@ import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
 from constants import DEFAULT_PROMPT, IGNORE_INDEX, VIDEO_EXTENSIONS, VIDEO_TAG
 from gemma3.argtypes import positive_float, positive_int
 from gemma3.model.fast_head import HEADS, build_int8_head, head_supported, output_head
+from gemma3.model.fast_linears import WEIGHTS, decoder_linears, merged_for_decoding
 from gemma3.model.static_decode import static_decode_supported, static_greedy_generate
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class Predictor:
             on CPU; None keeps the model's own. Scoring always uses the model's own head.
         decoder: ``auto`` (greedy replies of Gemma 3 decoders on CPU go through
             `gemma3.model.static_decode`, everything else through ``generate``), ``generate`` or ``static``.
+        linears: what the static decoder runs in place of the decoder's linear modules (fp16 copies from
+            `gemma3.model.fast_linears.decoder_linears`); None: the modules themselves.
     """
 
     def __init__(
@@ -81,12 +84,14 @@ class Predictor:
         processing=None,
         head: torch.nn.Module | None = None,
         decoder: str = "auto",
+        linears=None,
     ) -> None:
         if decoder not in DECODERS:
             raise ValueError(f"decoder {decoder!r}: choose {', '.join(DECODERS)}")
         self.model = model
         self.head = head
         self.decoder = decoder
+        self.linears = linears
         self.tokenizer = tokenizer
         self.plugin = plugin
         self.template = template
@@ -122,7 +127,9 @@ class Predictor:
         with output_head(self.model, self.head):
             if static:
                 min_new = getattr(self.model.generation_config, "min_new_tokens", None) or 0
-                out = static_greedy_generate(self.model, batch, g.max_new_tokens, self.stop_ids, pad, min_new, streamer)
+                out = static_greedy_generate(
+                    self.model, batch, g.max_new_tokens, self.stop_ids, pad, min_new, streamer, self.linears
+                )
             else:
                 out = self.model.generate(
                     **batch, **kwargs, pad_token_id=pad, eos_token_id=self.stop_ids, use_cache=True, streamer=streamer
@@ -368,16 +375,20 @@ def load_predictor(
     fps: float | None = None,
     head: str = "auto",
     decoder: str = "auto",
+    weights: str = "auto",
 ) -> Predictor:
     """Load any model folder (custom base / trained / adapter output, or a native VLM) through its family record,
     with the frame processing saved beside it; ``num_frames`` / ``frame_sampling`` / ``fps`` override it.
     ``head``: the output head while generating: ``exact``, ``int8`` (`RescoredInt8Head`, CPU) or ``auto`` (int8
-    where supported). ``decoder``: `Predictor`'s decoding loop choice."""
+    where supported). ``decoder``: `Predictor`'s decoding loop choice. ``weights``: the static decoder's linears,
+    ``fp32`` (the model's own), ``fp16`` (`gemma3.model.fast_linears`, CPU) or ``auto`` (fp16 where supported)."""
     from gemma3.families import family_for_checkpoint
     from gemma3.processing import resolve_processing
 
     family = family_for_checkpoint(model_path, kind)
     model, tokenizer = family.load(model_path, dtype=dtype)
+    if weights != "fp32" and decoder != "generate" and str(device or "cpu").startswith("cpu"):
+        model = merged_for_decoding(model)  # the adapter merged, so fp16 copies of the projections can be taken
     config = getattr(model, "config", None)
     processing = resolve_processing(
         model_path, family, model, tokenizer, num_frames=num_frames, frame_sampling=frame_sampling, fps=fps
@@ -390,6 +401,7 @@ def load_predictor(
     return Predictor(
         model, tokenizer, plugin, family.template(config), generation, stop_ids, processing,
         head=generation_head(model, head), decoder=decoder,
+        linears=None if decoder == "generate" else decoder_linears(model, weights),
     )  # fmt: skip
 
 
@@ -436,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decoder", default="auto", choices=list(DECODERS),
                    help="greedy decoding loop: static (preallocated cache, lean per-token loop; Gemma 3 on CPU, "
                    "auto picks it there) or generate (transformers' generate)")  # fmt: skip
+    p.add_argument("--weights", default="auto", choices=["auto", *WEIGHTS],
+                   help="decoder weights of the static decoder's steps: fp16 copies (fbgemm, fp32 activations; CPU, "
+                   "auto picks it there) or the model's fp32")  # fmt: skip
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--limit", type=positive_int, default=None, help="only the first N samples")
     return p
@@ -464,6 +479,7 @@ def main(argv: list[str] | None = None) -> dict:
         fps=args.fps,
         head=args.head,
         decoder=args.decoder,
+        weights=args.weights,
     )
     if args.annotations:
         from dataset import load_annotations

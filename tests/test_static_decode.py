@@ -9,6 +9,7 @@ from tiny_models import tiny_text_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM
 
 from gemma3.model.fast_head import build_int8_head, output_head
+from gemma3.model.fast_linears import decoder_linears
 from gemma3.model.static_decode import static_decode_supported, static_greedy_generate
 
 PROMPTS = [
@@ -46,6 +47,10 @@ def test_real_270m_left_padded_batch_equals_generate(real):
     # With the rescored int8 head swapped in, as Predictor does on CPU: still generate's tokens.
     with output_head(model, build_int8_head(model)):
         assert torch.equal(static_greedy_generate(model, batch, new, eos, tok.pad_token_id), want)
+        # And with fp16 copies of the decoder's linears too (Predictor's whole CPU default): the same tokens.
+        fp16 = decoder_linears(model, "auto")
+        assert fp16 is not None and len(fp16) == 7 * model.config.num_hidden_layers
+        assert torch.equal(static_greedy_generate(model, batch, new, eos, tok.pad_token_id, linears=fp16), want)
 
 
 def test_eos_ends_rows_min_new_tokens_and_streamer(real):
