@@ -360,8 +360,8 @@ def test_batched_generation_matches_one_by_one(root, tmp_path, family):
 def test_inference_from_a_trained_adapter_and_loglikelihood(root, tmp_path):
     out = tmp_path / "adapter"
     T.main(_recipe_argv(root, "gemma4_e4b_lora", "gemma3", "videos.json", out, num_frames=2, save_strategy="no"))
-    predictor = inf.load_predictor(str(out), generation=inf.GenerationConfig(max_new_tokens=3))
-    assert hasattr(predictor.model, "peft_config")
+    predictor = inf.load_predictor(str(out), generation=inf.GenerationConfig(max_new_tokens=3), weights="fp32")
+    assert hasattr(predictor.model, "peft_config")  # the adapter as trained (--weights fp32 keeps it unmerged)
     # The frame count it was trained with travels with the output (the native default would be 8).
     assert predictor.plugin.num_frames == 2 and predictor.processing.family == "gemma3"
     samples = load_annotations(root / "videos.json")
@@ -372,6 +372,10 @@ def test_inference_from_a_trained_adapter_and_loglikelihood(root, tmp_path):
     # The score of a reply is the sum of its tokens' log-probabilities under the model.
     [(ll, _)] = predictor.loglikelihood([samples[0]])
     assert ll == pytest.approx(scores[0], rel=1e-4)
+    # The CPU default merges the adapter into the weights (for the fp16 decoding copies): the same model.
+    merged = inf.load_predictor(str(out), generation=inf.GenerationConfig(max_new_tokens=3))
+    assert not hasattr(merged.model, "peft_config") and merged.linears
+    assert merged.loglikelihood([samples[0]])[0][0] == pytest.approx(ll, rel=1e-4)
 
 
 def test_processing_saved_with_the_model_is_read_back_and_overridable(root, tmp_path, caplog):
