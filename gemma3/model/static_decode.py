@@ -93,12 +93,8 @@ class _Layer:
         self.q_norm, self.k_norm = _Norm(attn.q_norm), _Norm(attn.k_norm)
         self.norms = [_Norm(n) for n in (layer.input_layernorm, layer.post_attention_layernorm)]
         self.norms += [_Norm(n) for n in (layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm)]
-        self.gate, self.up, self.down, self.act = (
-            pick(mlp.gate_proj),
-            pick(mlp.up_proj),
-            pick(mlp.down_proj),
-            mlp.act_fn,
-        )
+        self.gate, self.up, self.down = (pick(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+        self.act = mlp.act_fn
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         """Gemma's gated MLP, as ``Gemma3MLP.forward`` computes it."""
