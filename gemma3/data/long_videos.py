@@ -42,6 +42,7 @@ class LongVideoConfig:
     seed: int = 0
     classes: tuple[str, ...] = ACTIONS
     rep_frames: int = SyntheticConfig().num_frames  # frames per repetition: the training clips' length
+    crf: int = SyntheticConfig().crf  # lossless: the same pixels in every process (see SyntheticConfig)
 
 
 def feedback_text(action: str, shape: str) -> str:
@@ -78,7 +79,7 @@ def make_long_videos(out: str | Path, cfg: LongVideoConfig | None = None) -> lis
     for i in range(cfg.videos):
         frames, segments = make_long_video(rng, cfg)
         rel = f"videos/long_{i:03d}.mp4"
-        write_video(out / rel, frames, fps=cfg.fps, gop=cfg.fps * 2)
+        write_video(out / rel, frames, fps=cfg.fps, crf=cfg.crf, gop=cfg.fps * 2)
         events = [{"t": s["start"], "text": s["text"], "label": s["label"]} for s in segments]
         records.append({"video": rel, "duration": len(frames) / cfg.fps, "fps": cfg.fps, "segments": segments,
                         "events": events})  # fmt: skip
