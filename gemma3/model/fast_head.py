@@ -76,13 +76,20 @@ def _owner(model: nn.Module, module: nn.Module) -> tuple[nn.Module, str]:
     raise LookupError(f"{type(module).__name__} is not a submodule of {type(model).__name__}")
 
 
+def fbgemm_cpu_problem(device: torch.device | str, what: str) -> str:
+    """Why ``what`` (a path on fbgemm's CPU kernels) cannot run for a model on ``device``; "" when it can."""
+    if torch.device(device).type != "cpu":
+        return f"{what} is a CPU path (model on {device})"
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return "this torch build has no fbgemm engine"
+    return ""
+
+
 def head_supported(model: nn.Module, device: torch.device | str) -> tuple[bool, str]:
     """Whether the int8 head applies: a CPU model whose output head is a bias-free fp32/bf16 ``nn.Linear``, on a
     torch built with fbgemm. Returns (ok, reason when not)."""
-    if torch.device(device).type != "cpu":
-        return False, f"the int8 head is a CPU path (model on {device})"
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        return False, "this torch build has no fbgemm engine"
+    if problem := fbgemm_cpu_problem(device, "the int8 head"):
+        return False, problem
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(head, nn.Linear) or head.bias is not None:
         return False, f"output head is {type(head).__name__}, not a bias-free Linear"

@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
+from gemma3.model.fast_head import fbgemm_cpu_problem
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS = ("fp32", "fp16")
@@ -47,11 +49,8 @@ def fp16_linears_supported(model: nn.Module) -> tuple[bool, str]:
     runs (Gemma 3). Returns (ok, reason when not)."""
     from gemma3.model.static_decode import _gemma3_text_model
 
-    param = next(model.parameters())
-    if param.device.type != "cpu":
-        return False, f"fp16 linears are a CPU path (model on {param.device})"
-    if "fbgemm" not in torch.backends.quantized.supported_engines:
-        return False, "this torch build has no fbgemm engine"
+    if problem := fbgemm_cpu_problem(next(model.parameters()).device, "fp16 linears"):
+        return False, problem
     decoder = _gemma3_text_model(model)
     if decoder is None:
         return False, "the model's decoder is not a Gemma 3 text decoder"
