@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from tiny_checkpoints import make_llm
@@ -60,11 +63,14 @@ def test_whole_pipeline_tiny_learns_above_chance_and_reruns_identically(tmp_path
     # A second run finds every step done and only re-scores.
     again = pipeline.main(argv)
     assert again["test_accuracy"] == summary["test_accuracy"] and again["inference"]["done"] == 0
-    # A same-seed rerun into a new output folder, from the same pretrained projectors and encoders (the pretrain
-    # stage is the same training code), finetunes to the same losses and writes the same predictions.
+    # A same-seed rerun in a new process (as a user reruns the script) into a new output folder, from the same
+    # pretrained projectors and encoders (the pretrain stage is the same training code), finetunes to the same losses
+    # and writes the same predictions.
     rerun_out = tmp_path / "rerun"
     shutil.copytree(out / "pretrain", rerun_out / "pretrain")
-    rerun = pipeline.main(argv_for(rerun_out))
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "gemma3.pipeline", *argv_for(rerun_out)], cwd=root, check=True)
+    rerun = json.loads((rerun_out / "results.json").read_text())
     losses = [json.loads((o / "finetune" / "log_history.json").read_text()) for o in (out, rerun_out)]
     assert [e.get("loss") for e in losses[0]] == [e.get("loss") for e in losses[1]]
     again_preds = [json.loads(x) for x in (rerun_out / "predictions.jsonl").read_text().splitlines()]
