@@ -61,6 +61,7 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
         self.language_model = backbones.build_text_backbone(config.text_config, on_meta=meta_language_model)
         hidden = config.text_config.hidden_size
         proj: ProjectorConfig = config.projector_config
+        style = {"hidden_act": proj.hidden_act, "use_norm": proj.use_norm, "norm_position": proj.norm_position}
         self.image_encoder = None
         self.image_projector = None
         if config.use_image_encoder:
@@ -69,13 +70,7 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
             if grid != proj.image_input_grid:
                 raise ValueError(f"CLIP grid is {grid}x{grid} but projector image_input_grid={proj.image_input_grid}")
             self.image_projector = ETPProjector(
-                config.vision_config.hidden_size,
-                hidden,
-                grid,
-                proj.image_output_grid,
-                proj.hidden_act,
-                proj.use_norm,
-                proj.norm_position,
+                config.vision_config.hidden_size, hidden, grid, proj.image_output_grid, **style
             )
         self.video_encoder = None
         self.video_projector = None
@@ -88,15 +83,7 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
                 raise ValueError(
                     f"VideoMamba out_grid={vcfg.out_grid} but projector video_input_grid={proj.video_input_grid}"
                 )
-            self.video_projector = ETPProjector(
-                vcfg.embed_dim,
-                hidden,
-                vcfg.out_grid,
-                proj.video_output_grid,
-                proj.hidden_act,
-                proj.use_norm,
-                proj.norm_position,
-            )
+            self.video_projector = ETPProjector(vcfg.embed_dim, hidden, vcfg.out_grid, proj.video_output_grid, **style)
         self.feature_cache: FeatureCache | None = None  # set by training when a stage freezes the encoders
         self._fingerprint: tuple[int, str] | None = None  # (parameter versions, encoder weights hash)
         self.post_init()
