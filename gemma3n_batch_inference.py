@@ -3,10 +3,12 @@
     python gemma3n_batch_inference.py --model_path outputs/finetune --annotations data/test.json \
         --media_root data --output predictions.jsonl --batch_size 8
 
-A thin entry point: the library is `gemma3.inference` (``python -m gemma3.inference --help`` lists the options).
+A thin entry point, the same command as ``video-gemma infer``: the library is `gemma3.serve.inference`.
 """
 
-from gemma3.inference import main
+import sys
+
+from gemma3.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["infer", *sys.argv[1:]]))

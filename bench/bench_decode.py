@@ -87,8 +87,8 @@ def main() -> None:
 
     from gemma3.model.fast_head import build_int8_head, output_head
     from gemma3.model.fast_linears import pack_fp16_linears
+    from gemma3.model.offline import gemma3_270m_gguf, gemma3_270m_path
     from gemma3.model.static_decode import static_greedy_generate
-    from gemma3.offline_models import gemma3_270m_gguf, gemma3_270m_path
 
     path = gemma3_270m_path()
     tok = AutoTokenizer.from_pretrained(path)

@@ -37,7 +37,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
 
     from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset
-    from gemma3.offline_models import gemma3_270m_path
+    from gemma3.model.offline import gemma3_270m_path
     from gemma3.train import train as T
 
     root = Path(tempfile.mkdtemp(prefix="bench_cache_"))

@@ -30,31 +30,34 @@ def main() -> None:
     ap.add_argument("--weights", default="auto", choices=["auto", "fp32", "fp16"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    import dataset as ds
-    import gemma3.inference as inf
-    import gemma3.model.fast_linears as fp
+    import gemma3.serve.inference as inf
+    from gemma3.data.formats import load_annotations
     from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset
-    from gemma3.families import CUSTOM
     from gemma3.model.builder import build_model
-    from gemma3.offline_models import gemma3_270m_path
+    from gemma3.model.families import CUSTOM
+    from gemma3.model.offline import gemma3_270m_path
+    from gemma3.model.visual_tokens import VisualTokens
     from gemma3.pipeline import CPU_CLIP, CPU_VIDEOMAMBA
+    from gemma3.serve.decoding import choose_decoder
 
     model, tok = build_model(
         llm=gemma3_270m_path(),
         image_encoder=None,
         image_encoder_config=CPU_CLIP,
-        video_size="tiny",
         video_encoder_config=CPU_VIDEOMAMBA,
-        num_frames=8,
-        keyframe_chunk_size=8,
-        keyframes_per_chunk=4,
-        image_output_grid=2,
-        video_output_grid=2,
+        visual=VisualTokens(
+            num_frames=8,
+            keyframe_chunk_size=8,
+            keyframes_per_chunk=4,
+            image_output_grid=2,
+            video_output_grid=2,
+            video_size="tiny",
+        ),
     )
     model.eval()
     with tempfile.TemporaryDirectory() as tmp:
         make_synthetic_dataset(tmp, SyntheticConfig(clips_per_class=4, num_frames=8, variants=0))
-        samples = ds.load_annotations(Path(tmp) / "annotations" / "train.json", media_root=tmp)[: args.prompts]
+        samples = load_annotations(Path(tmp) / "annotations" / "train.json", media_root=tmp)[: args.prompts]
         pred = inf.Predictor(
             model,
             tok,
@@ -62,9 +65,7 @@ def main() -> None:
             CUSTOM.template(model.config),
             inf.GenerationConfig(max_new_tokens=args.new_tokens),
             CUSTOM.stop_token_ids(model.config, tok),
-            head=inf.generation_head(model, args.head),
-            decoder=args.decoder,
-            linears=None if args.decoder == "generate" else fp.decoder_linears(model, args.weights),
+            decoder=choose_decoder(model, args.decoder, args.head, args.weights),
         )
         if len(samples) < args.prompts:
             raise SystemExit(f"only {len(samples)} prompts available, {args.prompts} asked")

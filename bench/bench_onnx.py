@@ -2,7 +2,7 @@
 
 Real-size modules with random weights: CLIP ViT-B/16 from its shipped published config (224 px), VideoMamba of the
 chosen size on the key frames, and both ETP projectors to the width of Gemma-3n-E2B. Each is exported with the
-project's exporter (`gemma3.export_onnx.export_graph`) and run side by side in one process, same inputs, same thread
+project's exporter (`gemma3.export.onnx.export_graph`) and run side by side in one process, same inputs, same thread
 count: median of ``--repeats`` after one warm-up, and the largest difference between the two outputs.
 
     python bench/bench_onnx.py [--video_size middle] [--keyframes 8] [--frames 8] [--repeats 5] [--threads 2]
@@ -25,7 +25,7 @@ from timing import median_time  # noqa: E402
 
 def modules(video_size: str, keyframes: int, frames: int):
     """name -> (module, example input) at real size."""
-    from gemma3.export_onnx import _ClipTokens, _VideoTokens
+    from gemma3.export.onnx import _ClipTokens, _VideoTokens
     from gemma3.model.configuration import VideoMambaConfig
     from gemma3.model.encoders import CLIPImageEncoder
     from gemma3.model.projector import ETPProjector
@@ -62,7 +62,7 @@ def main() -> None:
 
     import onnxruntime as ort
 
-    from gemma3.export_onnx import export_graph
+    from gemma3.export.onnx import export_graph
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Selective scan on CPU at VideoMamba-M shapes: mamba-ssm's own ``selective_scan_ref`` vs the project's scan.
 
 The baseline is what a user without the CUDA kernels runs today: ``mamba_ssm.ops.selective_scan_interface.
-selective_scan_ref`` from mamba-ssm 2.3.1, compiled unchanged from its published source (`gemma3.upstream`; the
+selective_scan_ref`` from mamba-ssm 2.3.1, compiled unchanged from its published source (`gemma3.model.upstream`; the
 sdist is in .cache/upstream, or ``$MAMBA_SSM_SOURCE``). Shapes: d_model 576 -> d_inner 1152, d_state 16,
 L = 8 frames x 196 patches + CLS = 1569, batch 1, fp32, delta_softplus with a bias, D and z, as VideoMamba calls it.
 
@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from timing import median_time  # noqa: E402
 
 from gemma3.model.selective_scan import selective_scan_torch  # noqa: E402
-from gemma3.upstream import mamba_selective_scan_ref  # noqa: E402
+from gemma3.model.upstream import mamba_selective_scan_ref  # noqa: E402
 
 TENSORS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 

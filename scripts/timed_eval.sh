@@ -16,8 +16,8 @@ OUT=${OUT:-runs/timed}
 PROMPT=${PROMPT:-What action is being performed in this video?}
 python3 -m gemma3.data.long_videos --out "$OUT/data" --videos "${VIDEOS:-8}" --segments "${SEGMENTS:-6}" --seed "${SEED:-1000}"
 for video in "$OUT"/data/videos/*.mp4; do
-  python3 -m gemma3.stream --model_path "$MODEL" --source "$video" --output "$OUT/streams/$(basename "${video%.mp4}").jsonl" \
+  python3 -m gemma3.serve.stream --model_path "$MODEL" --source "$video" --output "$OUT/streams/$(basename "${video%.mp4}").jsonl" \
     --window "${WINDOW:-2}" --stride "${STRIDE:-2}" --prompt "$PROMPT" --batch_size 8 --max_new_tokens 8
 done
-python3 -m eval.timed --ground_truth "$OUT/data/timed.json" --streams "$OUT/streams" --out "$OUT/report" \
+python3 -m gemma3.evaluation.timed --ground_truth "$OUT/data/timed.json" --streams "$OUT/streams" --out "$OUT/report" \
   --tolerance "${TOLERANCE:-3.0}" --feedback_time "${FEEDBACK_TIME:-middle}" --min_windows "${MIN_WINDOWS:-1}"

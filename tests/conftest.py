@@ -25,7 +25,7 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def gemma270m_dir():
     """Plain HF folder of the real Gemma 3 270M (converted once from the PyPI GGUF package, cached on disk)."""
-    from gemma3.offline_models import gemma3_270m_path
+    from gemma3.model.offline import gemma3_270m_path
 
     return gemma3_270m_path()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gemma3.export import main
+from gemma3.export.hf import main
 
 
 def export_kinds(model, tokenizer, root: Path, kinds: tuple[str, ...]) -> dict[str, Path]:

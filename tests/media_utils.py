@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mm_utils import write_video  # noqa: F401  (re-exported for the tests)
+from gemma3.data.media import write_video  # noqa: F401  (re-exported for the tests)
 
 
 def frame_value(i: int) -> int:

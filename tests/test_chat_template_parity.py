@@ -11,7 +11,7 @@ import hashlib
 import pytest
 from tiny_native import tiny_native_tokenizer
 
-from conversation import get_template, official_chat_template, render_conversation, render_text
+from gemma3.data.template import get_template, official_chat_template, render_conversation, render_text
 
 # SHA-256 of chat_template.jinja as published with google/gemma-3-4b-it, google/gemma-3n-E4B-it (same converter
 # template for E2B) and google/gemma-4-E2B-it / -E4B-it (see gemma3/chat_templates/SOURCES.md).

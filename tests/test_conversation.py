@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from constants import IGNORE_INDEX
-from conversation import (
+from gemma3.constants import IGNORE_INDEX
+from gemma3.data.template import (
     TEMPLATES,
     ensure_chat_template,
     get_template,
@@ -115,7 +115,7 @@ def test_gemma4_and_plain_templates(tok):
 def test_template_chosen_by_config_not_path():
     from types import SimpleNamespace
 
-    from gemma3.families import CUSTOM, get_family
+    from gemma3.model.families import CUSTOM, get_family
 
     def cfg(text_type, template=None):
         return SimpleNamespace(chat_template=template, text_config=SimpleNamespace(model_type=text_type))

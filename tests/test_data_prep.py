@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from media_utils import make_frames, write_video
 
+from gemma3.data.media import read_video
 from gemma3.data.prepare import build_answer, prepare, source_id
 from gemma3.data.synthetic import ACTIONS, SyntheticConfig, make_synthetic_dataset, render_clip
-from mm_utils import read_video
 
 
 def _centroid(frame: np.ndarray, bg: np.ndarray) -> tuple[float, float, float]:

@@ -8,9 +8,12 @@ from media_utils import make_frames, write_frame_folder, write_json, write_video
 from tiny_models import tiny_video_gemma_config
 from transformers import AutoTokenizer
 
-import dataset as ds
-from constants import IGNORE_INDEX
-from conversation import get_template
+from gemma3.cli import main as cli_main
+from gemma3.constants import IGNORE_INDEX
+from gemma3.data.dataset import SupervisedDataset
+from gemma3.data.formats import AnnotationError, load_annotations
+from gemma3.data.plugins import CustomModelPlugin
+from gemma3.data.template import get_template
 
 
 @pytest.fixture(scope="module")
@@ -58,11 +61,11 @@ def _messages(root):
 
 
 def test_both_annotation_formats_give_identical_batches(media, tok, config):
-    a = ds.load_annotations(write_json(media / "llava.json", _llava(media)))
+    a = load_annotations(write_json(media / "llava.json", _llava(media)))
     jl = media / "msgs.jsonl"
     jl.write_text("\n".join(__import__("json").dumps(r) for r in _messages(media)))
-    b = ds.load_annotations(jl)
-    plugin = ds.CustomModelPlugin(config)
+    b = load_annotations(jl)
+    plugin = CustomModelPlugin(config)
     tpl = get_template("gemma")
     ba = plugin.collate([plugin.encode(a[0], tok, tpl)])
     bb = plugin.collate([plugin.encode(b[0], tok, tpl)])
@@ -74,13 +77,13 @@ def test_both_annotation_formats_give_identical_batches(media, tok, config):
 
 
 def test_messages_frames_as_separate_images(media):
-    s = ds.load_annotations(write_json(media / "m.json", _messages(media)), frames_as_video=False)[0]
+    s = load_annotations(write_json(media / "m.json", _messages(media)), frames_as_video=False)[0]
     assert [m.kind for m in s.media] == ["image"] * 4
     assert s.messages[0]["content"].count("<image>") == 4
 
 
 def test_collator_padding_sides(media, tok, config):
-    samples = ds.load_annotations(
+    samples = load_annotations(
         write_json(
             media / "l.json",
             [
@@ -100,7 +103,7 @@ def test_collator_padding_sides(media, tok, config):
             ],
         )
     )
-    plugin = ds.CustomModelPlugin(config)
+    plugin = CustomModelPlugin(config)
     feats = [plugin.encode(s, tok, get_template("gemma")) for s in samples]
     right = plugin.collate(feats, "right")
     left = plugin.collate(feats, "left")
@@ -119,13 +122,13 @@ def test_bad_samples_skipped_counted_and_limit_enforced(media, tok, config):
             "conversations": [{"from": "human", "value": "<video>\nQ"}, {"from": "gpt", "value": "A"}],
         }
     ]
-    samples = ds.load_annotations(write_json(media / "b.json", recs))
-    plugin = ds.CustomModelPlugin(config)
-    d = ds.SupervisedDataset(samples, plugin, tok, get_template("gemma"), max_bad_fraction=0.5)
+    samples = load_annotations(write_json(media / "b.json", recs))
+    plugin = CustomModelPlugin(config)
+    d = SupervisedDataset(samples, plugin, tok, get_template("gemma"), max_bad_fraction=0.5)
     item = d[3]  # the bad one is replaced by the next good sample
     assert int((item["input_ids"] == 7).sum()) == config.num_video_tokens
     assert d.stats.bad == {3}
-    strict = ds.SupervisedDataset(samples, plugin, tok, get_template("gemma"), max_bad_fraction=0.01)
+    strict = SupervisedDataset(samples, plugin, tok, get_template("gemma"), max_bad_fraction=0.01)
     with pytest.raises(RuntimeError, match="1 of 4 samples are bad"):
         strict[3]
 
@@ -148,7 +151,7 @@ def test_validate_finds_each_kind_of_fault(media, tok, capsys):
         {"id": "broken"},
     ]
     path = write_json(media / "val.json", recs)
-    rc = ds.main(
+    rc = cli_main(
         [
             "validate",
             str(path),
@@ -173,11 +176,11 @@ def test_validate_finds_each_kind_of_fault(media, tok, capsys):
         assert any(line.startswith(f"[{idx}]") and word in line for line in out.splitlines()), (idx, word, out)
     assert not any(line.startswith("[0]") for line in out.splitlines())
     assert "7 samples, 6 bad" in out
-    rc_ok = ds.main(["validate", str(write_json(media / "good.json", recs[:1]))])
+    rc_ok = cli_main(["validate", str(write_json(media / "good.json", recs[:1]))])
     assert rc_ok == 0
 
 
 def test_record_errors_name_file_index_and_field(tmp_path):
     p = write_json(tmp_path / "x.json", [{"id": "a", "conversations": [{"from": "robot", "value": "hi"}]}])
-    with pytest.raises(ds.AnnotationError, match=r"x\.json:0: conversations\[0\]"):
-        ds.load_annotations(p)
+    with pytest.raises(AnnotationError, match=r"x\.json:0: conversations\[0\]"):
+        load_annotations(p)

@@ -1,5 +1,5 @@
-"""The web demo (`python -m gemma3.demo`): the callback's updates in-process, a wrong model folder, and the real page
-in a headless Chromium (Debian chromium + chromium-driver, driven by selenium): a clip uploaded, its feedback shown
+"""The web demo (`python -m gemma3.serve.demo`): the callback's updates in-process, a wrong model folder, and the real
+page in a headless Chromium (Debian chromium + chromium-driver, driven by selenium): a clip uploaded, its feedback shown
 with times, an unreadable upload reported in the page, a screenshot saved."""
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ def clip(tmp_path_factory):
 
 
 def test_the_callback_shows_each_window_as_it_is_answered(native_dir, clip, tmp_path):
-    import gemma3.inference as inf
-    from gemma3.demo import CoachSession
-    from gemma3.stream import StreamConfig
+    import gemma3.serve.inference as inf
+    from gemma3.serve.demo import CoachSession
+    from gemma3.serve.stream import StreamConfig
 
     pred = inf.load_predictor(str(native_dir), num_frames=2, generation=inf.GenerationConfig(max_new_tokens=2))
     session = CoachSession(pred, tmp_path / "work", StreamConfig(window=1.0, stride=1.0))
@@ -56,7 +56,7 @@ def test_the_callback_shows_each_window_as_it_is_answered(native_dir, clip, tmp_
 
 
 def test_a_folder_that_is_not_a_model_stops_before_serving(tmp_path, caplog):
-    from gemma3.demo import main
+    from gemma3.serve.demo import main
 
     assert main(["--model_path", str(tmp_path), "--port", "1"]) == 1
     assert f"model path {tmp_path}: has no config.json" in caplog.text
@@ -103,7 +103,7 @@ def test_the_page_in_a_real_browser(native_dir, clip, tmp_path):
 
     driver = _browser()
     port, log = _free_port(), tmp_path / "demo.log"
-    cmd = [sys.executable, "-m", "gemma3.demo", "--model_path", str(native_dir), "--port", str(port),
+    cmd = [sys.executable, "-m", "gemma3.serve.demo", "--model_path", str(native_dir), "--port", str(port),
            "--num_frames", "2", "--max_new_tokens", "3", "--window", "2", "--stride", "1",
            "--workdir", str(tmp_path / "work")]  # fmt: skip
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}

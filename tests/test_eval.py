@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from eval import metrics as M
-from eval.benchmarks import BENCHMARKS, get_benchmark
-from eval.evaluate import evaluate, format_table
-from eval.evaluate import main as eval_main
+from gemma3.evaluation import metrics as M
+from gemma3.evaluation.benchmarks import BENCHMARKS, get_benchmark
+from gemma3.evaluation.evaluate import evaluate, format_table
+from gemma3.evaluation.evaluate import main as eval_main
 
 
 def _jsonl(path, rows):

@@ -12,8 +12,8 @@ import torch
 from tiny_checkpoints import custom_train_args, make_dataset, make_encoder_configs, make_llm
 from tiny_native import make_native
 
-from gemma3.export import MEGATRON_GEOMETRY, export, main, megatron_bridge_problems
-from gemma3.export_gguf import llama_cpp_layer_types
+from gemma3.export.gguf import llama_cpp_layer_types
+from gemma3.export.hf import MEGATRON_GEOMETRY, export, main, megatron_bridge_problems
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_an_adapter_without_its_base_is_refused_before_anything_is_written(nativ
 def test_megatron_bridge_names_and_geometry(native_adapter, tmp_path):
     out, _ = native_adapter
     export(out, "hf", tmp_path / "hf")
-    from gemma3.export import _weight_names
+    from gemma3.export.hf import _weight_names
 
     names = _weight_names(tmp_path / "hf")  # the checkpoint layout, as Google's Gemma 3 releases name it
     assert any(n.startswith("language_model.model.layers.0.") for n in names)
@@ -90,7 +90,7 @@ def test_megatron_bridge_names_and_geometry(native_adapter, tmp_path):
     state = load_file(str(f))
     save_file({k.replace("language_model.model.", "model.language_model.", 1): v for k, v in state.items()}, str(f))
     assert any("language_model.model.layers.*.self_attn.q_proj.weight" in p for p in megatron_bridge_problems(f.parent))
-    from gemma3.export import to_megatron_names
+    from gemma3.export.hf import to_megatron_names
 
     assert to_megatron_names(f.parent) > 0  # renamed back to the checkpoint layout
     assert len(megatron_bridge_problems(f.parent)) == len(MEGATRON_GEOMETRY)
@@ -139,7 +139,7 @@ def test_custom_output_exports_to_a_causal_lm_and_encoders_that_reload(tmp_path,
 def test_custom_language_model_to_gguf_q8_0_reimports_with_the_merged_logits(tmp_path, custom_output):
     import gguf
 
-    from gemma3.export_gguf import read_gguf
+    from gemma3.export.gguf import read_gguf
     from gemma3.model.builder import load_model
 
     target = tmp_path / "gguf"
@@ -175,7 +175,7 @@ def test_gguf_refuses_what_llama_cpp_would_run_differently(tmp_path, gemma270m_d
     layout is tested in test_export_gguf_gemma3n.py)."""
     from tiny_models import tiny_text_config
 
-    from gemma3.export_gguf import export_problems, write_gguf
+    from gemma3.export.gguf import export_problems, write_gguf
 
     problems = export_problems(tiny_text_config("gemma3"))
     assert any("layer_types" in p for p in problems) and any("query_pre_attn_scalar" in p for p in problems)
@@ -195,10 +195,10 @@ def test_vision_path_to_onnx_matches_pytorch_on_real_clips(tmp_path, custom_outp
     """Every graph with a batch it was not exported with, on frames decoded from the test videos."""
     import onnx
 
-    from gemma3.export_onnx import OnnxVision
+    from gemma3.data.media import preprocess_frames, read_video
+    from gemma3.export.onnx import OnnxVision
     from gemma3.model.builder import load_model
     from gemma3.model.encoders import clip_to_imagenet
-    from mm_utils import preprocess_frames, read_video
 
     target = tmp_path / "onnx"
     assert main(["--model_path", str(custom_output), "--to", "onnx", "--output", str(target)]) == 0

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gemma3.export import main
+from gemma3.export.hf import main
 
 TEXT = (
     "Coach: keep your chest up and push the knees out over the toes. The athlete lowers into the squat, "
@@ -33,7 +33,7 @@ PROMPTS = [  # varied: coaching, plain prose, code, numbers, another language, c
 def shipped_gguf():
     import gguf
 
-    from gemma3.offline_models import gemma3_270m_gguf
+    from gemma3.model.offline import gemma3_270m_gguf
 
     return gguf.GGUFReader(str(gemma3_270m_gguf()))
 
@@ -57,7 +57,7 @@ def hf_270m(gemma270m_dir):
 def test_real_270m_exports_to_f16_gguf_like_the_shipped_file(exported_f16, hf_270m, shipped_gguf):
     import gguf
 
-    from gemma3.export_gguf import gguf_scalars, gguf_text_config, read_gguf, read_gguf_header
+    from gemma3.export.gguf import gguf_scalars, gguf_text_config, read_gguf, read_gguf_header
 
     path = exported_f16
     hf, tokenizer = hf_270m
@@ -117,7 +117,7 @@ def test_llama_cpp_on_the_f16_export_agrees_with_the_project(exported_f16, hf_27
     """llama.cpp itself (llama-cpp-python, an optional extra) on the export: its teacher-forced next-token choice
     equals the project's on >= 99% of positions over 10 varied prompts, tokenised the same way by both."""
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed (requirements-llama.txt)")
-    from gemma3.export_gguf import llama_cpp_next_tokens
+    from gemma3.export.gguf import llama_cpp_next_tokens
 
     hf, tokenizer = hf_270m
     sequences = [tokenizer(p).input_ids for p in PROMPTS]

@@ -11,8 +11,8 @@ import pytest
 import torch
 from gguf_checks import assert_llama_cpp_agrees, export_kinds
 
-from gemma3.export import main
-from gemma3.export_gguf_gemma3n import KV_LAYERS, gemma3n_problems, layer_types, read_gguf_gemma3n, sparsity_pattern
+from gemma3.export.gguf_gemma3n import KV_LAYERS, gemma3n_problems, layer_types, read_gguf_gemma3n, sparsity_pattern
+from gemma3.export.hf import main
 
 VOCAB, LAYERS = 512, 22
 
@@ -129,7 +129,7 @@ def test_llama_cpp_runs_the_export_like_the_model(exported, monkeypatch):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is an optional extra (requirements-llama.txt)")
     from transformers.models.gemma3n import modeling_gemma3n
 
-    from gemma3.export_gguf import llama_cpp_logits
+    from gemma3.export.gguf import llama_cpp_logits
 
     def sample_std_topk(self, x):  # [.., F]
         cut = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(self.activation_sparsity))

@@ -10,8 +10,8 @@ import pytest
 import torch
 from gguf_checks import assert_llama_cpp_agrees, export_kinds
 
-from gemma3.export import main
-from gemma3.export_gguf_gemma4 import NO_ROTATION, gemma4_problems, read_gguf_gemma4
+from gemma3.export.gguf_gemma4 import NO_ROTATION, gemma4_problems, read_gguf_gemma4
+from gemma3.export.hf import main
 
 VOCAB, LAYERS = 512, 6
 LAYER_TYPES = ["sliding_attention"] * 3 + ["full_attention", "sliding_attention", "full_attention"]
@@ -159,7 +159,7 @@ def test_llama_cpp_runs_the_export_like_the_model(exported):
     weights: logits close, and the same choice wherever transformers' top two are further apart than twice the
     largest difference seen."""
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is an optional extra (requirements-llama.txt)")
-    from gemma3.export_gguf import llama_cpp_logits
+    from gemma3.export.gguf import llama_cpp_logits
 
     model, files = exported
     ids = _ids()

@@ -13,12 +13,15 @@ import pytest
 import torch
 from tiny_checkpoints import custom_train_args, make_custom_assets
 
-import dataset as ds
-import gemma3.inference as inf
-from eval.evaluate import CoverageError, evaluate
+import gemma3.serve.inference as inf
+from gemma3.data import validate as validate_cli
+from gemma3.data.dataset import SupervisedDataset
+from gemma3.data.formats import AnnotationError, Media, Sample, load_annotations
 from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset, verify_dataset
-from gemma3.families import CUSTOM
+from gemma3.evaluation.evaluate import CoverageError, evaluate
 from gemma3.model.builder import build_model
+from gemma3.model.families import CUSTOM
+from gemma3.model.visual_tokens import VisualTokens
 from gemma3.train import train as T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,8 +33,9 @@ def tiny(tmp_path_factory, gemma270m_dir):
     root = tmp_path_factory.mktemp("faults")
     llm, clip, vm, data = make_custom_assets(root, gemma270m_dir)
     model, tok = build_model(
-        llm=llm, image_encoder=None, video_size="tiny", num_frames=4, keyframe_chunk_size=2, keyframes_per_chunk=1,
-        image_output_grid=2, video_output_grid=2, image_encoder_config=json.loads(clip.read_text()),
+        llm=llm, image_encoder=None, image_encoder_config=json.loads(clip.read_text()),
+        visual=VisualTokens(num_frames=4, keyframe_chunk_size=2, keyframes_per_chunk=1, image_output_grid=2,
+                            video_output_grid=2, video_size="tiny"),
         video_encoder_config=json.loads(vm.read_text()),
     )  # fmt: skip
     model.save_pretrained(root / "model")
@@ -51,16 +55,16 @@ def test_bad_samples_are_counted_across_dataloader_workers(tiny):
     root, data, *_ = tiny
     model, tok = CUSTOM.load(root / "model")
     plugin = CUSTOM.plugin(model, tok, CUSTOM.default_processing(model, tok))
-    samples = ds.load_annotations(data)
-    broken = [ds.Sample(s.id, s.messages, (ds.Media("video", str(root / "missing.mp4")),), s.source)
+    samples = load_annotations(data)
+    broken = [Sample(s.id, s.messages, (Media("video", str(root / "missing.mp4")),), s.source)
               for s in samples[:2]]  # fmt: skip
     # 2 bad of 4 with a 60% limit: training goes on, and the main process knows both were skipped.
-    d = ds.SupervisedDataset(broken + samples[2:], plugin, tok, CUSTOM.template(model.config), max_bad_fraction=0.6)
+    d = SupervisedDataset(broken + samples[2:], plugin, tok, CUSTOM.template(model.config), max_bad_fraction=0.6)
     loader = torch.utils.data.DataLoader(d, batch_size=1, num_workers=2, collate_fn=lambda b: b)
     assert len(list(loader)) == 4
     assert d.stats.bad == {0, 1} and str(d.stats) == "2 of 4 samples skipped as bad"
     # With a 30% limit the second bad sample (whichever worker meets it) stops the run.
-    d = ds.SupervisedDataset(broken + samples[2:], plugin, tok, CUSTOM.template(model.config), max_bad_fraction=0.3)
+    d = SupervisedDataset(broken + samples[2:], plugin, tok, CUSTOM.template(model.config), max_bad_fraction=0.3)
     loader = torch.utils.data.DataLoader(d, batch_size=1, num_workers=2, collate_fn=lambda b: b)
     with pytest.raises(RuntimeError, match="2 of 4 samples are bad, over the allowed 30.0%"):
         list(loader)
@@ -74,11 +78,11 @@ def test_empty_reply_is_skipped_in_training_and_reported_by_validate(tiny, tmp_p
     ann.write_text(json.dumps(recs))
     model, tok = CUSTOM.load(root / "model")
     plugin = CUSTOM.plugin(model, tok, CUSTOM.default_processing(model, tok))
-    d = ds.SupervisedDataset(ds.load_annotations(ann, media_root=data.parent), plugin, tok,
+    d = SupervisedDataset(load_annotations(ann, media_root=data.parent), plugin, tok,
                              CUSTOM.template(model.config), max_bad_fraction=0.5)  # fmt: skip
     [d[i] for i in range(4)]
     assert d.stats.bad == {1}
-    report = ds.validate_annotations(ann, data.parent)
+    report = validate_cli.validate_annotations(ann, data.parent)
     assert [(p.index, p.field) for p in report.problems] == [(1, "conversations")]
     assert "empty assistant reply" in report.problems[0].problem
 
@@ -90,7 +94,7 @@ def test_validate_counts_length_with_template_and_placeholders(tiny, tmp_path):
     # The raw text is far below the limit; with the template and the expanded <video> it is not.
     limit = n_video + 5
     tok = CUSTOM.load_config_and_processor(root / "model")[1]
-    text_only = ds.validate_annotations(data, data.parent, tokenizer=tok, max_length=limit)
+    text_only = validate_cli.validate_annotations(data, data.parent, tokenizer=tok, max_length=limit)
     assert text_only.ok
     proc = _run("dataset.py", "validate", str(data), "--media-root", str(data.parent), "--model_path",
                 str(root / "model"), "--max-length", str(limit))  # fmt: skip
@@ -104,11 +108,11 @@ def test_validate_counts_length_with_template_and_placeholders(tiny, tmp_path):
 def test_malformed_annotation_file_is_named(tmp_path):
     bad = tmp_path / "train.json"
     bad.write_text('[{"id": "a", "conversations": []},\n {"id": "b",, }]')
-    with pytest.raises(ds.AnnotationError, match=r"train.json: invalid JSON at line 2"):
-        ds.load_annotations(bad)
+    with pytest.raises(AnnotationError, match=r"train.json: invalid JSON at line 2"):
+        load_annotations(bad)
     bad.write_text('"just a string"')
-    with pytest.raises(ds.AnnotationError, match=r"train.json: expected a JSON list"):
-        ds.load_annotations(bad)
+    with pytest.raises(AnnotationError, match=r"train.json: expected a JSON list"):
+        load_annotations(bad)
 
 
 # ---------------------------------------------------------------- training arguments and saving
@@ -201,7 +205,7 @@ def test_a_second_writer_of_one_output_is_refused(tiny, tmp_path):
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process is writing
         pred = inf.load_predictor(root / "model")
         with pytest.raises(RuntimeError, match="another inference process is writing this file"):
-            inf.predict(pred, ds.load_annotations(data), out)
+            inf.predict(pred, load_annotations(data), out)
     assert not out.exists()
 
 

@@ -8,8 +8,9 @@ import pytest
 import torch
 from tiny_checkpoints import custom_train_args, make_custom_assets
 
-import dataset as ds
-import gemma3.inference as inf
+import gemma3.serve.inference as inf
+from gemma3.data.formats import Sample, load_annotations
+from gemma3.serve.decoding import CPUFastDecoder, GenerateDecoder, choose_decoder
 from gemma3.train import train as T
 
 
@@ -28,7 +29,7 @@ def _read(path):
 def test_batched_generation_equals_one_by_one(trained):
     root, data = trained
     pred = inf.load_predictor(str(root / "out"), generation=inf.GenerationConfig(max_new_tokens=6))
-    samples = [inf.split_reference(s)[0] for s in ds.load_annotations(data)]
+    samples = [inf.split_reference(s)[0] for s in load_annotations(data)]
     batch_texts, _ = pred.generate([pred.encode(s) for s in samples])
     single = [pred.generate([pred.encode(s)])[0][0] for s in samples]
     assert batch_texts == single
@@ -87,7 +88,7 @@ def memorised(tmp_path_factory, gemma270m_dir):
 def test_rank_candidates_prefers_trained_answer(memorised):
     root, data = memorised
     pred = inf.load_predictor(str(root / "out"))
-    sample = ds.load_annotations(data)[1]
+    sample = load_annotations(data)[1]
     assert sample.reference == "moving left"
     candidates = ["zebra crossing", "moving left", "moving right"]
     scores = pred.rank_candidates(sample, candidates)
@@ -96,9 +97,9 @@ def test_rank_candidates_prefers_trained_answer(memorised):
     ((ll, greedy),) = pred.loglikelihood([sample])
     assert ll == pytest.approx(scores[1], rel=1e-5)
     # The greedy flag says whether greedy decoding reproduces the reply exactly.
-    prompt = ds.Sample(sample.id, sample.messages[:-1], sample.media)
+    prompt = Sample(sample.id, sample.messages[:-1], sample.media)
     assert greedy == (pred.generate([pred.encode(prompt)])[0][0] == "moving left")
-    wrong = ds.Sample(sample.id, [*sample.messages[:-1], {"role": "assistant", "content": "zebra"}], sample.media)
+    wrong = Sample(sample.id, [*sample.messages[:-1], {"role": "assistant", "content": "zebra"}], sample.media)
     assert pred.loglikelihood([wrong])[0][1] is False
     # The summed log-probability equals a teacher-forced forward pass computed by hand.
     feats = pred.plugin.collate([pred.encode(prompt)], "left")
@@ -118,8 +119,8 @@ def test_rank_candidates_prefers_trained_answer(memorised):
 def test_left_padding_uses_pad_not_eos(trained):
     root, data = trained
     pred = inf.load_predictor(str(root / "out"))
-    samples = [inf.split_reference(s)[0] for s in ds.load_annotations(data)[:2]]
-    samples[1] = ds.Sample(
+    samples = [inf.split_reference(s)[0] for s in load_annotations(data)[:2]]
+    samples[1] = Sample(
         samples[1].id, [{"role": "user", "content": "<video>\n" + "longer prompt " * 5}], samples[1].media
     )
     batch = pred.plugin.collate([pred.encode(s) for s in samples], padding_side="left")
@@ -133,21 +134,23 @@ def test_static_decoder_replies_equal_generate(trained):
     """The default CPU decoding loop (`gemma3.model.static_decode`) on the trained custom model: the same replies
     as transformers' generate, on a left-padded batch with visual tokens; sampling keeps generate."""
     root, data = trained
-    samples = [inf.split_reference(s)[0] for s in ds.load_annotations(data)]
-    samples[1] = ds.Sample(
+    samples = [inf.split_reference(s)[0] for s in load_annotations(data)]
+    samples[1] = Sample(
         samples[1].id, [{"role": "user", "content": "<video>\n" + "longer prompt " * 4}], samples[1].media
     )
     gen = inf.GenerationConfig(max_new_tokens=8)
     pred = inf.load_predictor(str(root / "out"), generation=gen)
-    assert pred.decoder == "auto" and pred._use_static(gen, 20)  # auto picks it for greedy Gemma 3 on CPU
+    fast = pred.decoder  # auto picks the CPU fast path for greedy Gemma 3 on CPU
+    assert isinstance(fast, CPUFastDecoder) and fast.supports(pred.model, gen, 20)[0] and not fast.strict
     feats = [pred.encode(s) for s in samples]
     static = pred.generate(feats)
     assert sum(static[1]) > 0  # tokens were generated
-    pred.decoder = "generate"
+    pred.decoder = GenerateDecoder(fast.head)
     assert pred.generate(feats) == static
-    assert not pred._use_static(inf.GenerationConfig(do_sample=True), 20)
-    pred.decoder = "static"
+    assert not fast.supports(pred.model, inf.GenerationConfig(do_sample=True), 20)[0]
+    pred.decoder = choose_decoder(pred.model, "static")
+    assert pred.decoder.strict
     with pytest.raises(ValueError, match="--decoder static: sampling"):
         pred.generate(feats[:1], inf.GenerationConfig(do_sample=True))
     with pytest.raises(ValueError, match="decoder 'fast'"):
-        inf.Predictor(pred.model, pred.tokenizer, pred.plugin, pred.template, decoder="fast")
+        inf.load_predictor(str(root / "out"), generation=gen, decoder="fast")

@@ -16,11 +16,11 @@ from lmms_eval.api.instance import Instance, unwrap_generation_output
 from PIL import Image
 from tiny_checkpoints import custom_train_args, make_encoder_configs, make_llm
 
-import dataset as ds
-from eval.lmms_eval_plugin import VideoGemmaLMMS, run_cli
-from eval.lmms_tasks.prepare import prepare_lmms_docs
+from gemma3.data.formats import Media, Sample, load_annotations
 from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset
-from gemma3.inference import GenerationConfig, load_predictor, predict
+from gemma3.evaluation.lmms_eval_plugin import VideoGemmaLMMS, run_cli
+from gemma3.evaluation.lmms_tasks.prepare import prepare_lmms_docs
+from gemma3.serve.inference import GenerationConfig, load_predictor, predict
 from gemma3.train import train as T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,8 +112,8 @@ def test_loglikelihood_sign_greedy_and_unconditional_requests(setup):
     # lmms-eval's own unwrapping keeps (nll, greedy) pairs (the workaround for unwrap_generation_output).
     pairs = [unwrap_generation_output(r)[0] for r in raw]
     assert all(isinstance(p, tuple) and isinstance(p[1], bool) and p[0] > 0 for p in pairs)
-    sample = ds.Sample("x", [{"role": "user", "content": "<video>\n" + doc["question"]}],
-                       (ds.Media("video", doc["video"]),))  # fmt: skip
+    sample = Sample("x", [{"role": "user", "content": "<video>\n" + doc["question"]}],
+                       (Media("video", doc["video"]),))  # fmt: skip
     ours = plugin.predictor.rank_candidates(sample, doc["choices"])
     assert [-p[0] for p in pairs[:2]] == pytest.approx(ours, rel=1e-5)  # NLL: lower is better (argmin)
     assert int(np.argmin([p[0] for p in pairs[:2]])) == int(np.argmax(ours))
@@ -130,7 +130,7 @@ def test_without_the_workaround_lmms_eval_mangles_scores():
 def test_images_frame_lists_and_multi_round_with_temp_files_removed(setup):
     docs = _docs(setup)
     plugin = _plugin(setup, docs, batch_size=2, max_new_tokens=3)
-    from mm_utils import read_video
+    from gemma3.data.media import read_video
 
     frames = read_video(docs[0]["video"], 4).frames
     pil = [Image.fromarray(f) for f in frames]
@@ -172,8 +172,9 @@ def test_images_frame_lists_and_multi_round_with_temp_files_removed(setup):
 def _cli(setup, *args: str, launcher: bool = False) -> subprocess.CompletedProcess:
     root, _ = setup
     env = {**os.environ, "HF_DATASETS_CACHE": str(root / "hf_datasets"), "TOKENIZERS_PARALLELISM": "false"}
-    entry = ["-m", "eval.lmms_eval_plugin"] if launcher else ["-m", "lmms_eval"]
-    cmd = [sys.executable, *entry, "--model", "video_gemma", "--include_path", str(REPO / "eval" / "lmms_tasks"),
+    entry = ["-m", "gemma3.evaluation.lmms_eval_plugin"] if launcher else ["-m", "lmms_eval"]
+    tasks = REPO / "gemma3" / "evaluation" / "lmms_tasks"
+    cmd = [sys.executable, *entry, "--model", "video_gemma", "--include_path", str(tasks),
            "--output_path", str(root / "lmms_out"), *args]  # fmt: skip
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
 
@@ -197,7 +198,7 @@ def test_real_cli_scores_equal_the_projects_evaluation(setup):
     docs = _docs(setup)  # lmms-eval's doc_id indexes this list (action.json; feedback.json has the same order)
     feedback_docs = json.loads((root / "data" / "lmms" / "feedback.json").read_text())
     predictor = load_predictor(root / "model", generation=GenerationConfig(max_new_tokens=8))
-    test = {t.id: t for t in ds.load_annotations(data / "annotations" / "test.json", media_root=data)}
+    test = {t.id: t for t in load_annotations(data / "annotations" / "test.json", media_root=data)}
 
     # Multiple choice: the option lmms-eval picks is the project's own top-ranked candidate.
     mc = samples("video_gemma_action_mc")
@@ -212,7 +213,7 @@ def test_real_cli_scores_equal_the_projects_evaluation(setup):
     assert res["video_gemma_action_mc"]["acc,none"] == pytest.approx(np.mean(np.array(picked) == np.array(gold)))
 
     # Generation: the same replies as batched inference (cut at the task's "\n"), the same score as evaluate.py.
-    from eval.evaluate import evaluate
+    from gemma3.evaluation.evaluate import evaluate
 
     preds_file = root / "preds.jsonl"
     predict(predictor, list(test.values()), preds_file, batch_size=2, progress=False)

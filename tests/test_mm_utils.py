@@ -7,8 +7,8 @@ import pytest
 import torch
 from media_utils import frame_value, make_frames, write_frame_folder, write_video
 
-from constants import CLIP_MEAN, CLIP_STD, IMAGE_TAG, VIDEO_TAG
-from mm_utils import (
+from gemma3.constants import CLIP_MEAN, CLIP_STD, IMAGE_TAG, VIDEO_TAG
+from gemma3.data.media import (
     MediaError,
     MediaExpander,
     list_frame_files,
@@ -70,6 +70,15 @@ def _moving_texture(n: int, h: int = 48, w: int = 64) -> np.ndarray:
     return np.stack(frames)
 
 
+def _frame_types(path) -> str:
+    """The picture type of every decoded frame, in order (``I``, ``P``, ``B``)."""
+    import av
+
+    names = {1: "I", 2: "P", 3: "B"}  # FFmpeg's AVPictureType, which PyAV 18 gives as an int
+    with av.open(str(path)) as c:
+        return "".join(names.get(int(f.pict_type), "?") for f in c.decode(video=0))
+
+
 @pytest.mark.parametrize(
     "encoding",
     [
@@ -84,6 +93,9 @@ def test_keyframe_aware_reader_gives_decords_frames(tmp_path, encoding):
     import decord
 
     clip = write_video(tmp_path / "clip.mp4", _moving_texture(90), fps=30, crf=18, **encoding)
+    types = _frame_types(clip)  # the clip is encoded as the case says (the encoder options reach x264)
+    assert ("B" in types) == ("bf" not in encoding.get("options", {}) and encoding["gop"] > 1), types
+    assert (set(types) == {"I"}) == (encoding["gop"] == 1)
     vr = decord.VideoReader(str(clip), num_threads=1)
     for num_frames, mode in ((8, "uniform"), (16, "uniform"), (5, "fps"), (120, "uniform")):
         v = read_video(clip, num_frames, sample=mode, fps=2.0, backend="pyav")

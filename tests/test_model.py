@@ -7,7 +7,7 @@ import torch
 from tiny_models import FAMILIES, IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, tiny_video_gemma_config
 from transformers import AutoModelForCausalLM
 
-from constants import IGNORE_INDEX
+from gemma3.constants import IGNORE_INDEX
 from gemma3.model import backbones
 from gemma3.model.configuration import ProjectorConfig
 from gemma3.model.encoders import select_keyframes

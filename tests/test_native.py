@@ -1,5 +1,5 @@
 """Native Gemma 3 / 3n / 4 VLMs: processor-based data plugin, recipes (2 CPU training steps each), LoRA targets,
-adapter reload, and batched generation through gemma3.inference, on tiny models of each family."""
+adapter reload, and batched generation through gemma3.serve.inference, on tiny models of each family."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from media_utils import write_json, write_video
 from tiny_native import NATIVE_FAMILIES, make_native
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import gemma3.inference as inf
-from constants import IGNORE_INDEX
-from dataset import Media, Sample, load_annotations
-from gemma3 import families
-from gemma3.model import native
+import gemma3.serve.inference as inf
+from gemma3.constants import IGNORE_INDEX
+from gemma3.data.formats import Media, Sample, load_annotations
+from gemma3.data.plugins import NativeVLMPlugin
+from gemma3.model import families
 from gemma3.train import train as T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def root(tmp_path_factory, gemma270m_dir):
 
 def _plugin(root, family, **kw):
     proc = AutoProcessor.from_pretrained(root / f"tiny-native-{family}")
-    return proc, native.NativeVLMPlugin(proc, family, **kw)
+    return proc, NativeVLMPlugin(proc, families.get_family(family).template(), family, **kw)
 
 
 # ---------------------------------------------------------------- data plugin
@@ -98,7 +98,7 @@ def test_plugin_ids_match_processor_and_labels_cover_only_replies(root, family):
 
     # The same ids as the processor's own chat path, with the two frames given as images before the text.
     frames = plugin.load_media(sample.media[0])
-    messages = native.NativeVLMPlugin.hf_messages(sample.messages, 2)
+    messages = NativeVLMPlugin.hf_messages(sample.messages, 2)
     ref = proc.apply_chat_template(messages, tokenize=False)
     ref_enc = proc(text=[ref], images=[frames], return_tensors="pt", add_special_tokens=False)
     assert ids == ref_enc["input_ids"][0].tolist()
@@ -146,8 +146,10 @@ def test_frame_budget_is_refused_with_the_length_needed(root):
     proc, plugin = _plugin(root, "gemma3n", num_frames=2)
     assert plugin.per_frame >= 256 + 2  # 256 soft tokens + begin / end of image
     with pytest.raises(ValueError, match=rf"--max_length >= {8 * plugin.per_frame + 32}"):
-        native.NativeVLMPlugin(proc, "gemma3n", num_frames=8, max_length=1024)
-    tight = native.NativeVLMPlugin(proc, "gemma3n", num_frames=2, max_length=2 * plugin.per_frame + 32)
+        NativeVLMPlugin(proc, families.get_family("gemma3n").template(), "gemma3n", num_frames=8, max_length=1024)
+    tight = NativeVLMPlugin(
+        proc, families.get_family("gemma3n").template(), "gemma3n", num_frames=2, max_length=2 * plugin.per_frame + 32
+    )
     long_text = "word " * 200
     sample = Sample(
         "x",
@@ -374,14 +376,14 @@ def test_inference_from_a_trained_adapter_and_loglikelihood(root, tmp_path):
     assert ll == pytest.approx(scores[0], rel=1e-4)
     # The CPU default merges the adapter into the weights (for the fp16 decoding copies): the same model.
     merged = inf.load_predictor(str(out), generation=inf.GenerationConfig(max_new_tokens=3))
-    assert not hasattr(merged.model, "peft_config") and merged.linears
+    assert not hasattr(merged.model, "peft_config") and merged.decoder.linears
     assert merged.loglikelihood([samples[0]])[0][0] == pytest.approx(ll, rel=1e-4)
 
 
 def test_processing_saved_with_the_model_is_read_back_and_overridable(root, tmp_path, caplog):
     import shutil
 
-    from gemma3.processing import PROCESSING_FILE, ProcessingConfig
+    from gemma3.data.processing import PROCESSING_FILE, ProcessingConfig
 
     out = tmp_path / "full"
     T.main(
@@ -395,7 +397,7 @@ def test_processing_saved_with_the_model_is_read_back_and_overridable(root, tmp_
     assert saved.image_size == 32 and saved.image_mean is not None
     p = inf.load_predictor(out)
     assert (p.plugin.num_frames, p.plugin.sampling, p.plugin.fps) == (3, "fps", 2.0)
-    with caplog.at_level("INFO", logger="gemma3.processing"):
+    with caplog.at_level("INFO", logger="gemma3.data.processing"):
         p = inf.load_predictor(out, num_frames=2)
     assert p.plugin.num_frames == 2 and "num_frames=2 overrides the model's 3" in caplog.text
     # A folder saved before processing was recorded: the family default, with a warning.
@@ -403,7 +405,7 @@ def test_processing_saved_with_the_model_is_read_back_and_overridable(root, tmp_
     shutil.copytree(out, old)
     (old / PROCESSING_FILE).unlink()
     caplog.clear()
-    with caplog.at_level("WARNING", logger="gemma3.processing"):
+    with caplog.at_level("WARNING", logger="gemma3.data.processing"):
         p = inf.load_predictor(old)
     assert p.plugin.num_frames == 8 and f"has no {PROCESSING_FILE}" in caplog.text
     (old / PROCESSING_FILE).write_text('{"family": "gemma3", "num_frames": 0}')
@@ -412,7 +414,7 @@ def test_processing_saved_with_the_model_is_read_back_and_overridable(root, tmp_
 
 
 def test_evaluate_script_runs_a_native_model_on_image_classification(root, tmp_path):
-    from eval import evaluate as E
+    from gemma3.evaluation import evaluate as E
 
     classes = tmp_path / "classes.txt"
     classes.write_text("Abyssinian\nBeagle\n")
@@ -437,7 +439,7 @@ def test_evaluate_script_runs_a_native_model_on_image_classification(root, tmp_p
 def test_lmms_eval_plugin_on_a_native_model(root):
     from lmms_eval.api.instance import Instance, unwrap_generation_output
 
-    from eval.lmms_eval_plugin import VideoGemmaLMMS
+    from gemma3.evaluation.lmms_eval_plugin import VideoGemmaLMMS
 
     docs = {"t": {"test": [{"video": str(root / "videos" / f"v{i}.mp4")} for i in range(2)]}}
     plugin = VideoGemmaLMMS(pretrained=str(root / "tiny-native-gemma4"), batch_size="2", num_frames="2")

@@ -85,8 +85,8 @@ def test_stage_arguments_are_the_training_entry_points_own(tmp_path):
     cfg = pipeline.PipelineConfig("cpu", pipeline.PRESETS["cpu"], tmp_path / "d", tmp_path / "o", report_to="none")
     src = pipeline.ModelSources(llm="x", image_encoder=None, image_encoder_config="c.json", encoders_from_scratch=True)
     args = pipeline._stage_arguments(cfg, src, "finetune", tmp_path / "o" / "ft", 5, use_lora=True)
-    m, d, t = check_arguments(*argument_parser().parse_dict(args))
-    assert (m.image_encoder, m.use_lora, d.num_frames, t.max_steps, t.stage) == (None, True, 8, 5, "finetune")
+    m, _, t = check_arguments(*argument_parser().parse_dict(args))
+    assert (m.image_encoder, m.use_lora, m.num_frames, t.max_steps, t.stage) == (None, True, 8, 5, "finetune")
     assert (m.projector_norm, t.bf16) == ("input", pipeline.cpu_computes_bf16())  # the cpu preset's (see PRESETS)
     gpu = pipeline.PipelineConfig("gpu", pipeline.PRESETS["gpu"], tmp_path / "d", tmp_path / "o")
     args = pipeline._stage_arguments(gpu, src, "pretrain", tmp_path / "o" / "pre", 0)
@@ -115,9 +115,11 @@ def test_gpu_preset_learning_rates_reach_the_optimizer(tmp_path, gemma270m_dir):
     data = make_dataset(tmp_path, n=2)
     (tmp_path / "clip.json").write_text(json.dumps(CLIP_CFG))
     (tmp_path / "vm.json").write_text(json.dumps(VIDEOMAMBA_CFG))
-    preset = dataclasses.replace(pipeline.PRESETS["gpu"], encoder_lr=3e-5, num_frames=4, keyframe_chunk_size=2,
-                                 keyframes_per_chunk=1, image_output_grid=2, video_output_grid=2, video_size="tiny",
-                                 finetune_steps=1, batch=2, grad_accum=1, max_length=256, bf16=False)  # fmt: skip
+    gpu = pipeline.PRESETS["gpu"]
+    visual = dataclasses.replace(gpu.visual, num_frames=4, keyframe_chunk_size=2, keyframes_per_chunk=1,
+                                 image_output_grid=2, video_output_grid=2, video_size="tiny")  # fmt: skip
+    preset = dataclasses.replace(gpu, visual=visual, encoder_lr=3e-5, finetune_steps=1, batch=2, grad_accum=1,
+                                 max_length=256, bf16=False)  # fmt: skip
     cfg = pipeline.PipelineConfig("gpu", preset, tmp_path, tmp_path / "o", report_to="none")
     src = pipeline.ModelSources(llm=str(llm), image_encoder=None, image_encoder_config=str(tmp_path / "clip.json"),
                                 video_encoder_config=str(tmp_path / "vm.json"))  # fmt: skip

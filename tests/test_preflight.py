@@ -1,4 +1,4 @@
-"""`python -m gemma3.preflight`: exact counts (against the built model and a real batch), the memory formula's
+"""`python -m gemma3.train.preflight`: exact counts (against the built model and a real batch), the memory formula's
 model-state lines (against a real optimizer step), full size on meta, and the does-not-fit exit."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import torch
 from tiny_checkpoints import custom_train_args, make_custom_assets
 from tiny_native import make_native
 
-from gemma3 import preflight
-from gemma3.families import family_for_checkpoint
+from gemma3.model.families import family_for_checkpoint
+from gemma3.train import preflight
 from gemma3.train.arguments import parse_args
 from gemma3.train.train import apply_trainable, build_datasets, component_flags, setup
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemma3.families import CUSTOM, family_for_config
 from gemma3.model.configuration import ProjectorConfig, VideoGemmaConfig, VideoMambaConfig
+from gemma3.model.families import CUSTOM, family_for_config
 from gemma3.model.reference_configs import meta_model, parameter_counts, reference_config, reference_models
 from gemma3.model.videomamba_releases import release_shapes
 
@@ -104,7 +104,7 @@ def test_real_width_cut_depth_splice_and_lora_step():
     only, forward and backward (about 5 GB and 40 s here)."""
     from peft import LoraConfig, get_peft_model
 
-    from constants import IGNORE_INDEX
+    from gemma3.constants import IGNORE_INDEX
     from gemma3.model.modeling import VideoGemmaForCausalLM
 
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gemma3 import pipeline
-from gemma3.rehearsal import OVERRIDES, differences, rehearsal_preset
+from gemma3.train.rehearsal import OVERRIDES, differences, rehearsal_preset
 
 REPO = Path(__file__).resolve().parents[1]
 # Training arguments allowed to differ from the real gpu run's: the stand-in paths and the listed overrides.

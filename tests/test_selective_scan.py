@@ -125,7 +125,7 @@ def test_missing_kernels_on_cuda_are_reported_once_and_can_be_required(monkeypat
 def mamba_ref():
     """mamba-ssm 2.3.1's own ``selective_scan_ref``, compiled from its published source (.ci/run downloads the
     sdist into .cache/upstream)."""
-    from gemma3.upstream import mamba_selective_scan_ref
+    from gemma3.model.upstream import mamba_selective_scan_ref
 
     try:
         return mamba_selective_scan_ref()
@@ -154,7 +154,7 @@ def test_project_scans_match_mamba_ssm_selective_scan_ref(mamba_ref, groups):
 
 
 def test_upstream_loader_names_what_it_looked_for(tmp_path):
-    from gemma3.upstream import mamba_selective_scan_ref
+    from gemma3.model.upstream import mamba_selective_scan_ref
 
     with pytest.raises(FileNotFoundError, match="pip download .*mamba-ssm==2.3.1"):
         mamba_selective_scan_ref(tmp_path / "missing.tar.gz")

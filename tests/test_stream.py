@@ -8,21 +8,20 @@ import http.server
 import json
 import signal
 import threading
-import time
 
 import numpy as np
 import pytest
 from tiny_checkpoints import custom_train_args, make_custom_assets
 
 from gemma3.data.long_videos import LongVideoConfig, make_long_videos
-from gemma3.stream import StreamConfig, Windower, run_stream
+from gemma3.serve.stream import Clock, StreamConfig, Windower, run_stream
 
 FPS = 8
 
 
 @pytest.fixture(scope="module")
 def predictor(tmp_path_factory, gemma270m_dir):
-    import gemma3.inference as inf
+    import gemma3.serve.inference as inf
     from gemma3.train import train as T
 
     root = tmp_path_factory.mktemp("stream_model")
@@ -80,22 +79,51 @@ def test_file_stream_writes_every_window_and_resumes(predictor, long_video, tmp_
     assert [r["reply"] for r in _read(out)] == [r["reply"] for r in records]  # greedy: same replies
 
 
+class SimClock(Clock):
+    """Simulated stream time: it moves only when the source sleeps (at once, no real waiting). ``on_sleep`` runs at
+    every sleep (a camera writing frames while the reader waits); ``hold_at`` keeps the source there until
+    ``release`` is set. Waits on it are bounded (60 s) so a broken stream fails instead of hanging."""
+
+    def __init__(self, on_sleep=None, hold_at: float | None = None, release: threading.Event | None = None):
+        self.t, self.sleeps = 0.0, 0
+        self.on_sleep, self.hold_at, self.release = on_sleep, hold_at, release
+        self.moved = threading.Condition()
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        with self.moved:
+            self.t += max(0.0, seconds)
+            self.sleeps += 1
+            self.moved.notify_all()
+        if self.on_sleep is not None:
+            self.on_sleep(self)
+        if self.hold_at is not None and self.t >= self.hold_at:
+            assert self.release.wait(timeout=60), "the held source was never released"
+
+    def wait_until(self, t: float) -> None:
+        with self.moved:
+            assert self.moved.wait_for(lambda: self.t >= t, timeout=60), f"the source never reached {t} s"
+
+
 def test_growing_frame_folder_is_followed_until_idle(predictor, tmp_path):
     from PIL import Image
 
     folder = tmp_path / "frames"
     folder.mkdir()
+    written = []
 
-    def write():
-        for i in range(24):  # 3 s at 8 fps, written over ~1 s
+    def camera(clock):  # two new frames each time the reader waits, 24 in all (3 s at 8 fps)
+        for i in range(len(written), min(24, len(written) + 2)):
             Image.fromarray(np.full((32, 32, 3), i * 10, np.uint8)).save(folder / f"frame_{i}.png")
-            time.sleep(0.04)
+            written.append(i)
 
-    writer = threading.Thread(target=write)
-    writer.start()
+    clock = SimClock(on_sleep=camera)
     out = tmp_path / "folder.jsonl"
-    summary = run_stream(predictor, str(folder), out, StreamConfig(window=1.0, stride=1.0, idle_timeout=1.5))
-    writer.join()
+    cfg = StreamConfig(window=1.0, stride=1.0, idle_timeout=1.5, clock=clock)
+    summary = run_stream(predictor, str(folder), out, cfg)
+    assert len(written) == 24 and clock.t > 1.5  # every frame was read, then the reader waited out the timeout
     records = _read(out)
     assert [(r["start"], r["end"], r["frames"]) for r in records] == [(k, k + 1.0, FPS) for k in range(3)]
     assert summary["windows"] == 3
@@ -133,20 +161,24 @@ def test_a_source_that_breaks_keeps_what_was_produced(predictor, tmp_path, caplo
 
 
 def test_realtime_drops_stale_windows_and_says_so(predictor, long_video, tmp_path, caplog):
-    class Slow:  # the real predictor, slower than the source's stride
+    video, rec = long_video
+    clock = SimClock()
+
+    class Slow:  # the real predictor, slower than the source: its first answer takes until the source is at 3 s
         def __init__(self, inner):
             self.inner = inner
 
         def encode(self, sample):
-            time.sleep(1.2)
+            clock.wait_until(3.0)
             return self.inner.encode(sample)
 
         def generate(self, *a, **k):
             return self.inner.generate(*a, **k)
 
-    video, rec = long_video
     out = tmp_path / "rt.jsonl"
-    summary = run_stream(Slow(predictor), str(video), out, StreamConfig(window=1.0, stride=0.5, realtime=True))
+    cfg = StreamConfig(window=1.0, stride=0.5, realtime=True, clock=clock)
+    summary = run_stream(Slow(predictor), str(video), out, cfg)
+    assert clock.sleeps > 0  # real-time: the source was paced to its timestamps
     assert summary["dropped"] > 0 and "dropped" in caplog.text
     assert summary["windows"] + summary["dropped"] == int(rec["duration"] / 0.5)
     assert summary["real_time_factor"] > 0
@@ -155,20 +187,35 @@ def test_realtime_drops_stale_windows_and_says_so(predictor, long_video, tmp_pat
 def test_sigint_ends_cleanly_with_the_summary(predictor, long_video, tmp_path):
     video, _ = long_video
     before = signal.getsignal(signal.SIGINT)
-    timer = threading.Timer(2.0, lambda: signal.raise_signal(signal.SIGINT))
-    timer.start()
+    stop = threading.Event()
+    clock = SimClock(hold_at=2.0, release=stop)  # the source waits at 2 s until the stream is stopped
+
+    class Interrupted:  # Ctrl-C while the first window is being answered
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def encode(self, sample):
+            self.calls += 1
+            if self.calls == 1:
+                signal.raise_signal(signal.SIGINT)
+            return self.inner.encode(sample)
+
+        def generate(self, *a, **k):
+            return self.inner.generate(*a, **k)
+
     out = tmp_path / "int.jsonl"
-    summary = run_stream(predictor, str(video), out, StreamConfig(window=1.0, stride=0.5, realtime=True))
-    timer.join()
-    assert (tmp_path / "int.jsonl.summary.json").exists() and summary["windows"] == len(_read(out))
-    assert summary["stream_seconds"] < 3.9  # stopped before the end of the 4 s video
+    cfg = StreamConfig(window=1.0, stride=0.5, realtime=True, clock=clock)
+    summary = run_stream(Interrupted(predictor), str(video), out, cfg, stop=stop)
+    assert stop.is_set()  # SIGINT set the stream's stop event
+    assert (tmp_path / "int.jsonl.summary.json").exists() and summary["windows"] == len(_read(out)) == 1
+    assert summary["stream_seconds"] <= 2.0 + 1 / FPS  # stopped before the end of the 4 s video
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler is back
 
 
 def test_native_gemma3_streams_through_the_same_loop(long_video, tmp_path, gemma270m_dir):
     from tiny_native import make_native
 
-    import gemma3.inference as inf
+    import gemma3.serve.inference as inf
 
     native = make_native(tmp_path, gemma270m_dir, "gemma3")
     pred = inf.load_predictor(str(native), num_frames=2, generation=inf.GenerationConfig(max_new_tokens=2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eval.timed import (
+from gemma3.evaluation.timed import (
     Event,
     align,
     events_from,
@@ -84,7 +84,7 @@ def test_bad_records_name_the_field():
 
 
 def test_embedding_similarity_and_timeline(tmp_path):
-    from eval.metrics import MiniLMEmbedder
+    from gemma3.evaluation.metrics import MiniLMEmbedder
 
     pairs = [("keep your back straight", "straighten your back"), ("knees out", "the weather is nice")]
     scores = text_scores(pairs, embed=MiniLMEmbedder())
@@ -98,9 +98,9 @@ def test_long_videos_have_their_boundaries_where_the_ground_truth_says(tmp_path)
 
     import numpy as np
 
-    from eval.timed import events_from
     from gemma3.data.long_videos import GROUND_TRUTH, LongVideoConfig, make_long_videos
-    from mm_utils import read_video
+    from gemma3.data.media import read_video
+    from gemma3.evaluation.timed import events_from
 
     cfg = LongVideoConfig(videos=2, segments=3, min_seconds=2.0, max_seconds=5.0, size=32, seed=1)
     records = make_long_videos(tmp_path, cfg)
@@ -131,7 +131,7 @@ def test_long_videos_have_their_boundaries_where_the_ground_truth_says(tmp_path)
 def test_stream_outputs_become_feedback_events_and_are_scored(tmp_path):
     import json
 
-    from eval.timed import evaluate_streams, feedback_events, main
+    from gemma3.evaluation.timed import evaluate_streams, feedback_events, main
 
     def window(k, action):
         return {"window": k, "start": k * 1.0, "end": k * 1.0 + 2.0, "reply": f"{action} - note", "action": action}

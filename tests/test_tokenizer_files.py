@@ -7,7 +7,7 @@ import json
 
 from transformers import AutoTokenizer
 
-from gemma3.tokenizer_files import list_added_tokens, save_tokenizer
+from gemma3.utils.tokenizer_files import list_added_tokens, save_tokenizer
 
 TEXT = "<bos><start_of_turn>user\nWhat is the athlete doing?<start_of_image><end_of_turn>\n<start_of_turn>model\n"
 
@@ -46,7 +46,7 @@ def test_a_second_caller_waits_for_the_conversion_in_progress(tmp_path):
     import fcntl
     import threading
 
-    from gemma3.offline_models import gemma3_270m_path
+    from gemma3.model.offline import gemma3_270m_path
 
     target = tmp_path / "gemma-3-270m"
     got = []

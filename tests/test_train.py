@@ -15,8 +15,8 @@ import torch
 from tiny_checkpoints import custom_train_args, make_custom_assets
 from transformers import set_seed
 
-from gemma3.families import CUSTOM
 from gemma3.model.builder import TRAINABLES_FILE, load_model
+from gemma3.model.families import CUSTOM
 from gemma3.model.modeling import component_of
 from gemma3.train import train as T
 from gemma3.train.arguments import parse_args

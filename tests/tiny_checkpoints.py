@@ -12,7 +12,7 @@ from tiny_models import tiny_text_config
 from transformers import AutoTokenizer
 
 from gemma3.model import backbones
-from gemma3.tokenizer_files import save_tokenizer
+from gemma3.utils.tokenizer_files import save_tokenizer
 
 CLIP_CFG = {
     "hidden_size": 32,

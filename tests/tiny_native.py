@@ -14,8 +14,8 @@ import torch
 from tiny_models import tiny_text_config
 from transformers import AutoTokenizer
 
-from conversation import official_chat_template
-from gemma3.tokenizer_files import save_tokenizer
+from gemma3.data.template import official_chat_template
+from gemma3.utils.tokenizer_files import save_tokenizer
 
 NATIVE_FAMILIES = ("gemma3", "gemma3n", "gemma4")
 

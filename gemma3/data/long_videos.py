@@ -8,7 +8,7 @@ so every boundary is a visible change. A segment repeats one clip of the trainin
 16 frames = 2 s at 8 fps), like the repetitions of an exercise: any window of that length shows the motion at the
 speed the model was trained on (one 6 s sweep would move three times slower than any training clip). Segment
 lengths are rounded to whole repetitions. The ground truth (``timed.json``) lists, per video, one event at the start of
-every segment: ``{"t": seconds, "text": <feedback>, "label": <action>}``, the format `eval.timed` reads, plus the
+every segment: ``{"t": seconds, "text": <feedback>, "label": <action>}``, the format `gemma3.evaluation.timed` reads, plus the
 segment boundaries and the duration.
 
 Layout: ``videos/long_<i>.mp4`` and ``timed.json`` (``[{"video", "duration", "fps", "segments", "events"}]``).
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from gemma3.data.synthetic import ACTIONS, SyntheticConfig, render_clip
-from mm_utils import write_video
+from gemma3.data.media import write_video
 
 logger = logging.getLogger(__name__)
 GROUND_TRUTH = "timed.json"

@@ -23,6 +23,9 @@ from pathlib import Path
 
 from gemma3.data.synthetic import split_groups, write_dataset
 
+from gemma3.data.media import MediaError, read_video
+from gemma3.data.validate import validate_annotations
+
 logger = logging.getLogger(__name__)
 
 QUESTION = "Which exercise is being performed, and what feedback would you give on the form?"
@@ -77,7 +80,6 @@ def prepare(
     split: tuple[float, float, float] = (0.6, 0.2, 0.2),
 ) -> dict:
     """Write annotations/{train,val,test}.json, classes.txt, checksums, dataset_info and validation_report."""
-    from mm_utils import MediaError, read_video
 
     videos, out = Path(videos).resolve(), Path(out)
     if not videos.is_dir():
@@ -152,7 +154,6 @@ def prepare(
             "skipped": len(problems),
         },
     )
-    from dataset import validate_annotations
 
     reports = {s: validate_annotations(out / "annotations" / f"{s}.json", out).to_dict() for s in records}
     (out / "validation_report.json").write_text(json.dumps({"labels_file_problems": problems, **reports}, indent=1))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mm_utils import write_video
+from gemma3.data.media import write_video
 
 logger = logging.getLogger(__name__)
 

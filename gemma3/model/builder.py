@@ -19,11 +19,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM
+from gemma3.constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM
 from gemma3.model import backbones
-from gemma3.model.configuration import ProjectorConfig, VideoGemmaConfig, VideoMambaConfig, count_keyframes
+from gemma3.model.configuration import ProjectorConfig, VideoGemmaConfig, VideoMambaConfig
 from gemma3.model.encoders import CLIPImageEncoder
-from gemma3.model.modeling import VideoGemmaForCausalLM
+from gemma3.model.modeling import VideoGemmaForCausalLM, component_of
+from gemma3.model.videomamba_checkpoints import load_videomamba_checkpoint
+from gemma3.model.visual_tokens import VisualTokens
 
 logger = logging.getLogger(__name__)
 
@@ -61,23 +63,18 @@ def custom_config(
     llm: str | Path,
     image_encoder: str | Path | None,
     video_encoder: str | Path | None,
-    video_size: str,
-    num_frames: int,
-    keyframe_chunk_size: int,
-    keyframes_per_chunk: int,
-    image_output_grid: int,
-    video_output_grid: int,
+    visual: VisualTokens,
     use_video_encoder: bool,
     video_encoder_config: dict | None,
-    projector_norm: str = "output",
 ) -> VideoGemmaConfig:
-    """The custom model's config from its parts' configs (what `build_model` and `build_meta_model` build)."""
+    """The custom model's config from its parts' configs and the visual-token settings (what `build_model` and
+    `build_meta_model` build)."""
+    visual.check()
     image_id, video_id = choose_placeholder_ids(tokenizer)
     grid = clip_config.image_size // clip_config.patch_size
-    num_keyframes = count_keyframes(num_frames, keyframe_chunk_size, keyframes_per_chunk)
     vm_cfg = VideoMambaConfig.from_size(
-        video_size,
-        **{"img_size": clip_config.image_size, "num_frames": num_keyframes, **(video_encoder_config or {})},
+        visual.video_size,
+        **{"img_size": clip_config.image_size, "num_frames": visual.num_keyframes, **(video_encoder_config or {})},
     )
     return VideoGemmaConfig(
         text_config=text_config,
@@ -85,16 +82,16 @@ def custom_config(
         video_config=vm_cfg,
         projector_config=ProjectorConfig(
             video_input_grid=vm_cfg.out_grid,
-            video_output_grid=video_output_grid,
+            video_output_grid=visual.video_output_grid,
             image_input_grid=grid,
-            image_output_grid=image_output_grid,
-            norm_position=projector_norm,
+            image_output_grid=visual.image_output_grid,
+            norm_position=visual.projector_norm,
         ),
         image_token_id=image_id,
         video_token_id=video_id,
-        num_frames=num_frames,
-        keyframe_chunk_size=keyframe_chunk_size,
-        keyframes_per_chunk=keyframes_per_chunk,
+        num_frames=visual.num_frames,
+        keyframe_chunk_size=visual.keyframe_chunk_size,
+        keyframes_per_chunk=visual.keyframes_per_chunk,
         use_video_encoder=use_video_encoder,
         sources={
             "llm": str(llm),
@@ -107,17 +104,11 @@ def custom_config(
 def build_meta_model(
     llm: str | Path,
     image_encoder: str | Path | None,
-    video_size: str = "middle",
-    num_frames: int = 16,
-    keyframe_chunk_size: int = 8,
-    keyframes_per_chunk: int = 4,
-    image_output_grid: int = 7,
-    video_output_grid: int = 7,
+    visual: VisualTokens | None = None,
     use_video_encoder: bool = True,
     image_encoder_config: dict | None = None,
     video_encoder_config: dict | None = None,
     video_encoder: str | Path | None = None,
-    projector_norm: str = "output",
 ) -> tuple[VideoGemmaForCausalLM, PreTrainedTokenizerBase]:
     """The model `build_model` would build, on the ``meta`` device: configs and tokenizer only, no weights."""
     from transformers import AutoConfig, CLIPVisionConfig
@@ -129,9 +120,8 @@ def build_meta_model(
     else:
         clip_cfg = CLIPVisionConfig(**(image_encoder_config or {}))
     config = custom_config(
-        text, clip_cfg, tokenizer, llm, image_encoder, video_encoder, video_size, num_frames, keyframe_chunk_size,
-        keyframes_per_chunk, image_output_grid, video_output_grid, use_video_encoder, video_encoder_config,
-        projector_norm,
+        text, clip_cfg, tokenizer, llm, image_encoder, video_encoder, visual or VisualTokens(), use_video_encoder,
+        video_encoder_config,
     )  # fmt: skip
     with torch.device("meta"):
         return VideoGemmaForCausalLM(config), tokenizer
@@ -141,18 +131,12 @@ def build_model(
     llm: str | Path = DEFAULT_LLM,
     image_encoder: str | Path | None = DEFAULT_IMAGE_ENCODER,
     video_encoder: str | Path | None = None,
-    video_size: str = "middle",
-    num_frames: int = 16,
-    keyframe_chunk_size: int = 8,
-    keyframes_per_chunk: int = 4,
-    image_output_grid: int = 7,
-    video_output_grid: int = 7,
+    visual: VisualTokens | None = None,
     use_video_encoder: bool = True,
     dtype: torch.dtype = torch.float32,
     image_encoder_config: dict | None = None,
     video_encoder_config: dict | None = None,
     quantization_config=None,
-    projector_norm: str = "output",
 ) -> tuple[VideoGemmaForCausalLM, PreTrainedTokenizerBase]:
     """Assemble the model from real checkpoints.
 
@@ -162,15 +146,12 @@ def build_model(
             (random weights; for tests and CPU demos).
         video_encoder: an official OpenGVLab VideoMamba ``.pth`` file; ``None`` leaves VideoMamba randomly
             initialised (a warning says so).
-        video_size: ``tiny`` / ``small`` / ``middle``.
-        num_frames, keyframe_chunk_size, keyframes_per_chunk: frame sampling and key-frame selection.
-        image_output_grid, video_output_grid: ETP pooled grid sides (tokens per frame = grid**2).
+        visual: the visual-token settings (`VisualTokens`: frames, key-frame chunk and count, ETP output grids
+            (tokens per frame = grid**2), projector norm position, VideoMamba size); None: their defaults.
         use_video_encoder: False gives a CLIP-only model (video = CLIP tokens of key frames).
         dtype: parameter dtype (bf16 on GPU; fp32 on CPU).
         image_encoder_config / video_encoder_config: overrides for encoders built without checkpoints.
         quantization_config: a `BitsAndBytesConfig` for the language model (QLoRA; CUDA only).
-        projector_norm: where the ETP projectors RMS-normalise: ``output`` (the soft tokens) or ``input`` (the
-            encoder tokens, as Gemma 3's projector; see `ETPProjector`).
     """
     tokenizer = AutoTokenizer.from_pretrained(llm)
     choose_placeholder_ids(tokenizer)  # fails before any weights load
@@ -183,9 +164,8 @@ def build_model(
 
         clip = CLIPImageEncoder(CLIPVisionConfig(**(image_encoder_config or {})))
     config = custom_config(
-        lm.config, clip.config, tokenizer, llm, image_encoder, video_encoder, video_size, num_frames,
-        keyframe_chunk_size, keyframes_per_chunk, image_output_grid, video_output_grid, use_video_encoder,
-        video_encoder_config, projector_norm,
+        lm.config, clip.config, tokenizer, llm, image_encoder, video_encoder, visual or VisualTokens(),
+        use_video_encoder, video_encoder_config,
     )  # fmt: skip
     model = VideoGemmaForCausalLM(config, meta_language_model=True)
     # Swap in the loaded sub-models (the LM placeholder was never materialised; the fresh CLIP is discarded).
@@ -193,8 +173,6 @@ def build_model(
     model.image_encoder = clip
     if use_video_encoder:
         if video_encoder is not None:
-            from gemma3.model.videomamba_checkpoints import load_videomamba_checkpoint
-
             load_videomamba_checkpoint(model.video_encoder, video_encoder)
         else:
             logger.warning("No VideoMamba checkpoint given: the video encoder is randomly initialised")
@@ -221,7 +199,6 @@ def unsourced_components(model: torch.nn.Module) -> list[str]:
 def saved_parameter_names(model: torch.nn.Module) -> list[str]:
     """The parameters a compact save writes (adapters included): trainable ones, and those of encoders without a
     checkpoint to rebuild them from."""
-    from gemma3.model.modeling import component_of
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     keep = set(unsourced_components(base))
@@ -289,13 +266,7 @@ def _rebuild_base(config: VideoGemmaConfig, dtype: torch.dtype, folder: str | Pa
         llm=sources["llm"],
         image_encoder=sources.get("image_encoder"),
         video_encoder=sources.get("video_encoder"),
-        video_size="middle",
-        num_frames=config.num_frames,
-        keyframe_chunk_size=config.keyframe_chunk_size,
-        keyframes_per_chunk=config.keyframes_per_chunk,
-        image_output_grid=config.projector_config.image_output_grid,
-        video_output_grid=config.projector_config.video_output_grid,
-        projector_norm=config.projector_config.norm_position,
+        visual=VisualTokens.from_config(config),  # the saved video_config's widths override the size's
         use_video_encoder=config.use_video_encoder,
         dtype=dtype,
         image_encoder_config=None if sources.get("image_encoder") else config.vision_config.to_dict(),

@@ -17,7 +17,8 @@ from typing import Any
 
 from transformers import CONFIG_MAPPING, CLIPVisionConfig, PreTrainedConfig
 
-from constants import DEFAULT_KEYFRAME_CHUNK, DEFAULT_KEYFRAMES_PER_CHUNK, DEFAULT_NUM_FRAMES
+from gemma3.constants import DEFAULT_KEYFRAME_CHUNK, DEFAULT_KEYFRAMES_PER_CHUNK, DEFAULT_NUM_FRAMES
+from gemma3.model.backbones import family_for_model_type
 
 # VideoMamba sizes (OpenGVLab): tiny / small / middle.
 VIDEOMAMBA_SIZES: dict[str, dict[str, int]] = {
@@ -229,6 +230,5 @@ class VideoGemmaConfig(PreTrainedConfig):
     @property
     def backbone_family(self) -> str:
         """Backbone family key (``gemma3``, ``gemma3n`` or ``gemma4``) from the text config's model type."""
-        from gemma3.model.backbones import family_for_model_type
 
         return family_for_model_type(self.text_config.model_type)

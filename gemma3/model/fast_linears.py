@@ -8,7 +8,7 @@ stream too. Measured on 2 CPU cores, a [1, 640] x [640, 2048] product takes 54 i
 
 `decoder_linears` packs the plain ``nn.Linear`` modules of the decoder layers (LoRA-wrapped ones are left to their
 own forward, so an unmerged adapter still applies; `merged_for_decoding` merges a trained adapter first, as
-`gemma3.inference.load_predictor` does); `gemma3.model.static_decode` uses the packed copies for the
+`gemma3.serve.inference.load_predictor` does); `gemma3.model.static_decode` uses the packed copies for the
 decoding steps (the prompt goes through the model's own fp32 forward). The copies are taken once: after the model's
 weights change, pack again.
 """
@@ -22,7 +22,8 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import nn
 
-from gemma3.model.fast_head import fbgemm_cpu_problem
+from gemma3.model.fast_head import _owner, fbgemm_cpu_problem
+from gemma3.model.static_decode import _gemma3_text_model
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ class Fp16Linear:
 def fp16_linears_supported(model: nn.Module) -> tuple[bool, str]:
     """Whether fp16 linears apply: an fp32 model on CPU, a torch built with fbgemm, and a decoder the static decoder
     runs (Gemma 3). Returns (ok, reason when not)."""
-    from gemma3.model.static_decode import _gemma3_text_model
 
     if problem := fbgemm_cpu_problem(next(model.parameters()).device, "fp16 linears"):
         return False, problem
@@ -62,7 +62,6 @@ def fp16_linears_supported(model: nn.Module) -> tuple[bool, str]:
 def pack_fp16_linears(model: nn.Module) -> dict[nn.Module, Fp16Linear]:
     """fp16 copies of the attention and MLP projections of ``model``'s decoder layers that are plain ``nn.Linear``
     modules (not LoRA wrappers), keyed by module."""
-    from gemma3.model.static_decode import _gemma3_text_model
 
     decoder = _gemma3_text_model(model)
     if decoder is None:
@@ -120,7 +119,6 @@ class _AsModule(nn.Module):
 def linears_in_forward(model: nn.Module, linears: Mapping[nn.Module, Fp16Linear] | None) -> Iterator[None]:
     """Inside the block, ``model``'s own forward runs ``linears`` in place of their modules (the prompt and teacher-
     forced scoring then see the same weights as the static decoder's steps); nothing changes when None."""
-    from gemma3.model.fast_head import _owner
 
     if not linears:
         yield

@@ -14,12 +14,13 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from constants import IGNORE_INDEX
+from gemma3.constants import IGNORE_INDEX
 from gemma3.model import backbones
 from gemma3.model.configuration import ProjectorConfig, VideoGemmaConfig, VideoMambaConfig
 from gemma3.model.encoders import CLIPImageEncoder, clip_to_imagenet, select_keyframes
 from gemma3.model.feature_cache import FeatureCache, stochastic, weights_fingerprint
 from gemma3.model.projector import ETPProjector
+from gemma3.model.videomamba import VideoMambaModel
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,6 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
         self.video_encoder = None
         self.video_projector = None
         if config.use_video_encoder:
-            from gemma3.model.videomamba import VideoMambaModel
-
             vcfg: VideoMambaConfig = config.video_config
             self.video_encoder = VideoMambaModel(vcfg)
             if vcfg.out_grid != proj.video_input_grid:

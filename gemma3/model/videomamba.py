@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from gemma3.model.configuration import VideoMambaConfig
 from gemma3.model.projector import RMSNorm
 from gemma3.model.selective_scan import causal_conv1d, selective_scan
+from gemma3.model.videomamba_checkpoints import load_videomamba_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,6 @@ class VideoMambaModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, config: VideoMambaConfig, path: str | Path) -> VideoMambaModel:
         """A model of ``config`` with the weights of any VideoMamba release (see `videomamba_checkpoints`)."""
-        from gemma3.model.videomamba_checkpoints import load_videomamba_checkpoint
 
         model = cls(config)
         load_videomamba_checkpoint(model, path)

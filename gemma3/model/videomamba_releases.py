@@ -1,6 +1,6 @@
 """VideoMamba release files in each official layout, key names and shapes as OpenGVLab/VideoMamba defines them
 (read from its source, not from this project's module), with random values: the tests' fixtures (tiny width) and
-the GPU-path rehearsal's stand-in for the UMT release (real width, cut depth; `gemma3.rehearsal`).
+the GPU-path rehearsal's stand-in for the UMT release (real width, cut depth; `gemma3.train.rehearsal`).
 
 - mixer (``mamba/mamba_ssm/modules/mamba_simple.py``, ``bimamba=True``): ``in_proj`` [2E, D] and ``out_proj``
   [D, E] without bias; ``conv1d`` [E, 1, d_conv] + bias, ``x_proj`` [R + 2 d_state, E], ``dt_proj`` [E, R] + bias,

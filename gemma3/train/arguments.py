@@ -15,30 +15,25 @@ import yaml
 from transformers import HfArgumentParser
 from transformers import TrainingArguments as HFTrainingArguments
 
-from constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM, DEFAULT_MAX_BAD_FRACTION, DEFAULT_NUM_FRAMES
-from gemma3.families import KINDS
-from gemma3.model.projector import NORM_POSITIONS
+from gemma3.constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM, DEFAULT_MAX_BAD_FRACTION
+from gemma3.model.families import KINDS
+from gemma3.model.visual_tokens import VisualTokens
 
 STAGES = ("pretrain", "finetune")
 
 
 @dataclass
-class ModelArguments:
+class ModelArguments(VisualTokens):
+    """Which model, which encoders, how it adapts; the visual-token settings (``--num_frames``,
+    ``--keyframe_chunk_size`` ...) are the inherited `VisualTokens` fields (``visual_tokens()`` gives the record)."""
+
     model_id: str = field(default=DEFAULT_LLM, metadata={"help": "LLM (custom) or VLM (native): HF id or folder"})
     model_family: str = field(
-        default="auto", metadata={"help": "custom | native | auto (from the checkpoint; see gemma3.families)"}
+        default="auto", metadata={"help": "custom | native | auto (from the checkpoint; see gemma3.model.families)"}
     )
     image_encoder: str | None = field(default=DEFAULT_IMAGE_ENCODER, metadata={"help": "CLIP id/folder; 'none'"})
     video_encoder: str | None = field(default=None, metadata={"help": "official VideoMamba .pth (custom)"})
-    video_size: str = field(default="middle", metadata={"help": "VideoMamba size: tiny | small | middle"})
     use_video_encoder: bool = field(default=True)
-    image_output_grid: int = field(default=7, metadata={"help": "ETP pooled grid side for CLIP tokens"})
-    video_output_grid: int = field(default=7, metadata={"help": "ETP pooled grid side for VideoMamba tokens"})
-    projector_norm: str = field(
-        default="output", metadata={"help": "ETP RMSNorm on the soft tokens (output) or the encoder tokens (input)"}
-    )
-    keyframe_chunk_size: int = field(default=8)
-    keyframes_per_chunk: int = field(default=4)
     image_encoder_config: str | None = field(
         default=None, metadata={"help": "JSON/YAML file of CLIPVisionConfig fields: build CLIP without weights"}
     )
@@ -72,7 +67,6 @@ class DataArguments:
     image_folder: str | None = field(default=None, metadata={"help": "media root for images / frames"})
     video_folder: str | None = field(default=None, metadata={"help": "media root for videos (default image_folder)"})
     eval_data_path: str | None = field(default=None)
-    num_frames: int = field(default=DEFAULT_NUM_FRAMES)
     max_length: int = field(default=2048)
     frame_sampling: str = field(default="uniform", metadata={"help": "uniform | fps"})
     fps: float = field(default=1.0, metadata={"help": "frames per second for --frame_sampling fps"})
@@ -148,14 +142,12 @@ def check_arguments(
         raise ValueError(f"--stage must be one of {STAGES}, got {train_args.stage!r}")
     if model_args.model_family not in KINDS:
         raise ValueError(f"--model_family must be one of {KINDS}, got {model_args.model_family!r}")
-    if model_args.projector_norm not in NORM_POSITIONS:
-        raise ValueError(f"--projector_norm must be one of {NORM_POSITIONS}, got {model_args.projector_norm!r}")
+    model_args.visual_tokens().check()
     if model_args.bits not in (4, 8, 16):
         raise ValueError(f"--bits must be 4, 8 or 16, got {model_args.bits}")
     if not data_args.data_path:
         raise ValueError("--data_path is required")
     for flag, value in (
-        ("--num_frames", data_args.num_frames),
         ("--max_length", data_args.max_length),
         ("--per_device_train_batch_size", train_args.per_device_train_batch_size),
         ("--gradient_accumulation_steps", train_args.gradient_accumulation_steps),

@@ -5,7 +5,7 @@
     deepspeed --module gemma3.train.train --deepspeed scripts/zero2.json ...     (multi-GPU / multi-node)
 
 `train` is the step as a Python function (typed argument dataclasses); `main` parses a command line into them.
-The model family (`gemma3.families`) decides how the model is loaded, which data plugin and chat template it uses,
+The model family (`gemma3.model.families`) decides how the model is loaded, which data plugin and chat template it uses,
 how its parameters split into components, and which layers LoRA adapts.
 
 Stages: ``pretrain`` aligns the projectors (encoders and LLM frozen); ``finetune`` trains LoRA/DoRA adapters (or
@@ -29,10 +29,14 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
-from gemma3.families import Family, family_for_checkpoint
-from gemma3.tokenizer_files import save_tokenizer
+from gemma3.model.families import Family, family_for_checkpoint
+from gemma3.model.feature_cache import FeatureCache
+from gemma3.model.selective_scan import check_kernels
 from gemma3.train.arguments import DataArguments, ModelArguments, TrainingArguments, expand_config, parse_args
+from gemma3.train.preflight import check_fits, check_world_size
+from gemma3.train.setup import build_datasets, component_flags, setup
 from gemma3.train.trainer import LossPlotCallback, VideoGemmaTrainer, is_peft_model
+from gemma3.utils.tokenizer_files import save_tokenizer
 
 logger = logging.getLogger("gemma3.train")
 
@@ -69,93 +73,14 @@ def init_distributed(train_args: TrainingArguments) -> None:
     deepspeed.init_distributed(dist_backend="gloo" if train_args.use_cpu or not torch.cuda.is_available() else "nccl")
 
 
-def component_flags(
-    model_args: ModelArguments, train_args: TrainingArguments, stage: str | None = None
-) -> dict[str, bool]:
-    """Which components train, from the stage (``stage`` overrides the arguments' own), the freeze flags and the
-    per-component learning rates."""
-    finetune = (stage or train_args.stage) == "finetune"
-
-    def frozen(flag: bool | None, default: bool) -> bool:
-        return default if flag is None else flag
-
-    return {
-        "language_model": not frozen(model_args.freeze_language_model, not finetune),
-        "projector": train_args.projector_lr != 0 and not frozen(model_args.freeze_projector, False),
-        "image_encoder": bool(train_args.image_encoder_lr) and not frozen(model_args.freeze_vision_tower, False),
-        "video_encoder": bool(train_args.video_encoder_lr) and not frozen(model_args.freeze_vision_tower, False),
-        "audio": False,  # the native models' audio towers: never trained here
-    }
-
-
 def attach_feature_cache(model, flags: dict[str, bool], setting: str) -> None:
     """Give the custom model a frozen-encoder feature cache when this stage trains neither encoder (``setting``:
     ``memory``, ``off`` or a folder to keep it on disk across runs and stages)."""
     if setting == "off" or flags["image_encoder"] or flags["video_encoder"] or not hasattr(model, "feature_cache"):
         return
-    from gemma3.model.feature_cache import FeatureCache
 
     model.feature_cache = FeatureCache(None if setting == "memory" else setting)
     logger.info("Encoders frozen: their outputs are computed once per clip and reused (feature cache: %s)", setting)
-
-
-def quantization_config(bits: int):
-    """BitsAndBytesConfig for 4/8-bit loading; a clear error without CUDA."""
-    if bits == 16:
-        return None
-    if not torch.cuda.is_available():
-        raise RuntimeError(
-            f"--bits {bits} (QLoRA) needs a CUDA GPU: bitsandbytes' {bits}-bit kernels give unreliable gradients on "
-            "CPU. Use --bits 16 here."
-        )
-    from transformers import BitsAndBytesConfig
-
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-
-
-def setup(
-    family: Family,
-    model_args: ModelArguments,
-    data_args: DataArguments,
-    train_args: TrainingArguments,
-    meta: bool = False,
-):
-    """The model, its tokenizer / processor, the frame processing, the data plugin and the chat template
-    (``meta``: the model built on the meta device from configs, no weights; for `gemma3.preflight`)."""
-    from conversation import get_template
-    from gemma3.model.builder import TRAINABLES_FILE, load_trainables
-    from gemma3.processing import resolve_processing
-
-    dtype = torch.bfloat16 if train_args.bf16 else torch.float32
-    if meta:
-        model, processor = family.load_on_meta(model_args, data_args)
-    else:
-        model, processor = family.load_for_training(model_args, data_args, dtype, quantization_config(model_args.bits))
-    if is_peft_model(model):
-        model = model.merge_and_unload()  # a finished adapter becomes the new base
-    if model_args.pretrained_projector and not meta:
-        loaded = load_trainables(model, Path(model_args.pretrained_projector) / TRAINABLES_FILE)
-        logger.info("Started from %d pretrained projector tensors", len(loaded))
-    processing = resolve_processing(
-        None,
-        family,
-        model,
-        processor,
-        num_frames=data_args.num_frames,
-        frame_sampling=data_args.frame_sampling,
-        fps=data_args.fps,
-        chat_template=data_args.template,
-    )
-    plugin = family.plugin(model, processor, processing, max_length=data_args.max_length)
-    template = get_template(processing.chat_template) if processing.chat_template else family.template(model.config)
-    return model, processor, processing, plugin, template
 
 
 def apply_trainable(
@@ -188,29 +113,6 @@ def apply_trainable(
     total = sum(p.numel() for p in model.parameters())
     logger.info("Trainable parameters: %d / %d (%.2f%%)", trainable, total, 100 * trainable / max(total, 1))
     return model
-
-
-def build_datasets(data_args: DataArguments, plugin, tokenizer, template):
-    """Training (and optional eval) datasets from annotation files or registered dataset names."""
-    from dataset import SupervisedDataset, load_annotations
-    from gemma3.config.dataset_config import resolve_datasets
-
-    def make(spec: str):
-        samples = []
-        for ds in resolve_datasets(spec, media_root=data_args.video_folder or data_args.image_folder):
-            samples += load_annotations(ds.annotation_path, media_root=ds.media_root)
-        return SupervisedDataset(
-            samples,
-            plugin,
-            tokenizer,
-            template,
-            max_length=data_args.max_length,
-            max_bad_fraction=data_args.max_bad_fraction,
-        )
-
-    train = make(data_args.data_path)
-    evals = make(data_args.eval_data_path) if data_args.eval_data_path else None
-    return train, evals
 
 
 def resolve_resume(train_args: TrainingArguments) -> str | None:
@@ -293,15 +195,10 @@ def save_final(trainer: VideoGemmaTrainer, out: Path) -> None:
 def train(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> dict:
     """Train one stage; returns a summary (output folder, steps, losses, data stats) and the trained model."""
     set_seed(train_args.seed)
-    from gemma3.model.selective_scan import check_kernels
 
     check_kernels(require=model_args.require_kernels)  # loud on CUDA without the VideoMamba kernels
-    from gemma3.preflight import check_world_size
-
     check_world_size(train_args, train_args.world_size)  # before anything heavy
     if torch.cuda.is_available() and not train_args.use_cpu and model_args.bits == 16:
-        from gemma3.preflight import check_fits
-
         check_fits(model_args, data_args, train_args, torch.cuda.mem_get_info()[1])
     init_distributed(train_args)
     resume = resolve_resume(train_args)

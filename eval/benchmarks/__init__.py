@@ -1,6 +1,0 @@
-"""Benchmark registry: importing this package registers every benchmark."""
-
-from eval.benchmarks import action_recognition, image_classification, mcq, qevd  # noqa: F401
-from eval.benchmarks.base import BENCHMARKS, Benchmark, EvalSample, get_benchmark, register_benchmark
-
-__all__ = ["BENCHMARKS", "Benchmark", "EvalSample", "get_benchmark", "register_benchmark"]

@@ -1,0 +1,205 @@
+"""Score predictions on a benchmark: prints a table, writes metrics.json and a PNG.
+
+    python eval/evaluate.py --benchmark action_recognition --predictions preds.jsonl --classes classes.txt
+    python eval/evaluate.py --benchmark mcq --predictions preds.jsonl --annotations mvbench.json
+    python eval/evaluate.py --benchmark qevd --model_path outputs/finetune --annotations test.json --media_root data
+
+Given ``--model_path`` (and ``--annotations``) it first runs batched inference (resumable) itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from gemma3.data.formats import load_annotations
+from gemma3.evaluation.benchmarks import get_benchmark
+from gemma3.evaluation.benchmarks.base import benchmark_class, read_predictions, references_from_annotations
+from gemma3.evaluation.metrics import MiniLMEmbedder
+from gemma3.serve.inference import GenerationConfig, load_predictor, predict
+from gemma3.utils.argtypes import positive_int
+
+logger = logging.getLogger("gemma3.evaluation.evaluate")
+
+
+class CoverageError(ValueError):
+    """The predictions do not cover enough of the annotated samples to give a meaningful score."""
+
+
+def load_classes(path_or_list) -> list[str] | None:
+    if path_or_list is None or isinstance(path_or_list, list):
+        return path_or_list
+    path = Path(path_or_list)
+    text = path.read_text()
+    if path.suffix == ".json":
+        return list(json.loads(text))
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def evaluate(
+    benchmark: str,
+    predictions: str | Path | list[dict],
+    annotations: str | Path | None = None,
+    classes=None,
+    synonyms: str | Path | None = None,
+    output_dir: str | Path | None = None,
+    embedder=None,
+    use_embeddings: bool = False,
+    plot: bool = True,
+    min_coverage: float = 0.99,
+) -> dict:
+    """Score a predictions file (or list) and write ``metrics.json`` + a PNG into ``output_dir``.
+
+    The input is checked first and the findings go into the results (``input``): unreadable lines, ids written
+    twice (the last record counts), records that failed, and with ``annotations`` the coverage (share of annotated
+    samples that have a prediction). Below ``min_coverage`` (or with no prediction at all) it raises
+    `CoverageError` instead of scoring; ``min_coverage=0`` scores whatever is there.
+    """
+    check: dict = {}
+    preds = read_predictions(predictions, check) if not isinstance(predictions, list) else predictions
+    refs = references_from_annotations(annotations) if annotations else None
+    check["num_predictions"] = len(preds)
+    check["failed_records"] = sum(1 for p in preds if p.get("error"))
+    if refs is not None:
+        covered = {str(p["id"]) for p in preds} & set(refs)
+        check["num_references"] = len(refs)
+        check["coverage"] = len(covered) / len(refs) if refs else 0.0
+        check["missing_ids"] = sorted(set(refs) - covered)[:20]
+        check["unknown_ids"] = sorted({str(p["id"]) for p in preds} - set(refs))[:20]
+    where = predictions if not isinstance(predictions, list) else "predictions"
+    for key, what in (("unreadable_lines", "unreadable lines"), ("duplicate_ids", "ids written more than once")):
+        if check.get(key):
+            logger.warning("%s: %d %s (e.g. %s)", where, len(check[key]), what, check[key][:5])
+    if check["failed_records"]:
+        n = check["failed_records"]
+        logger.warning("%s: %d records failed (scored as wrong; rerun inference to retry)", where, n)
+    if not preds:
+        raise CoverageError(f"{where}: no predictions to score")
+    if refs is not None and check["coverage"] < min_coverage:
+        raise CoverageError(
+            f"{where}: predictions cover {check['coverage']:.1%} of the {len(refs)} annotated samples, below "
+            f"--min_coverage {min_coverage:.0%} (missing e.g. {check['missing_ids'][:5]}); finish the inference, "
+            "or pass --min_coverage 0 to score what is there"
+        )
+    if refs is not None:
+        preds = [p for p in preds if str(p["id"]) in refs]
+    kwargs = {}
+    if benchmark_class(benchmark).takes_classes:
+        kwargs["classes"] = load_classes(classes)
+        kwargs["synonyms"] = json.loads(Path(synonyms).read_text()) if synonyms else None
+    if embedder is None and use_embeddings:
+        embedder = MiniLMEmbedder()
+    kwargs["embedder"] = embedder
+    bench = get_benchmark(benchmark, **kwargs)
+    results = bench.score(preds, refs)
+    results["input"] = check
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(results, indent=1))
+        if plot:
+            results["plot"] = str(bench.plot(results, out / f"{benchmark}.png"))
+    return results
+
+
+def run_model_then_evaluate(
+    benchmark: str,
+    model_path: str | Path,
+    annotations: str | Path,
+    media_root: str | Path | None,
+    output_dir: str | Path,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    num_frames: int | None = None,
+    dtype: str = "float32",
+    **kw,
+) -> dict:
+    """Generate predictions with batched inference (resumable; the model's saved frame processing unless
+    ``num_frames`` overrides it), then score them."""
+    import torch
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    preds = out / "predictions.jsonl"
+    predictor = load_predictor(
+        model_path,
+        dtype=getattr(torch, dtype),
+        num_frames=num_frames,
+        generation=GenerationConfig(max_new_tokens=max_new_tokens),
+        device="cuda" if torch.cuda.is_available() else "cpu",
+    )
+    predict(predictor, load_annotations(annotations, media_root=media_root), preds, batch_size=batch_size)
+    return evaluate(benchmark, preds, annotations=annotations, output_dir=out, **kw)
+
+
+def format_table(results: dict) -> str:
+    rows = [(k, v) for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for k, v in (results.get("per_task") or {}).items():
+        rows.append((f"task/{k}", v))
+    width = max((len(k) for k, _ in rows), default=10)
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--benchmark", required=True)
+    ap.add_argument("--predictions", default=None)
+    ap.add_argument("--annotations", default=None)
+    ap.add_argument("--classes", default=None, help="txt (one per line) or JSON list")
+    ap.add_argument("--synonyms", default=None, help="JSON map class -> [synonyms]")
+    ap.add_argument("--embeddings", action="store_true", help="MiniLM similarity (matching / QEVD cosine)")
+    ap.add_argument("--output_dir", default="outputs/eval")
+    ap.add_argument("--model_path", default=None, help="run inference first with this model")
+    ap.add_argument("--media_root", default=None)
+    ap.add_argument("--batch_size", type=positive_int, default=8)
+    ap.add_argument("--num_frames", type=positive_int, default=None, help="override the model's saved frames")
+    ap.add_argument(
+        "--min_coverage",
+        type=float,
+        default=0.99,
+        help="refuse to score when predictions cover less than this share of --annotations (0: score anything)",
+    )
+    args = ap.parse_args(argv)
+    if not 0 <= args.min_coverage <= 1:
+        ap.error(f"--min_coverage must be in [0, 1], got {args.min_coverage}")
+    common = dict(
+        classes=args.classes, synonyms=args.synonyms, use_embeddings=args.embeddings, min_coverage=args.min_coverage
+    )
+    try:
+        results = _run(ap, args, common)
+    except (CoverageError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from err
+    print(format_table(results))
+    print(f"metrics: {Path(args.output_dir) / 'metrics.json'}")
+    return results
+
+
+def _run(ap: argparse.ArgumentParser, args: argparse.Namespace, common: dict) -> dict:
+    if args.model_path:
+        if not args.annotations:
+            ap.error("--model_path needs --annotations")
+        results = run_model_then_evaluate(
+            args.benchmark,
+            args.model_path,
+            args.annotations,
+            args.media_root,
+            args.output_dir,
+            args.batch_size,
+            num_frames=args.num_frames,
+            **common,
+        )
+    elif args.predictions:
+        results = evaluate(args.benchmark, args.predictions, args.annotations, output_dir=args.output_dir, **common)
+    else:
+        ap.error("give --predictions, or --model_path with --annotations")
+    return results
+
+
+if __name__ == "__main__":
+    main()

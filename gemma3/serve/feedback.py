@@ -1,0 +1,68 @@
+"""What a stream said as feedback: events (time, text, label) from its JSONL window records, and a plot of a stream
+over time. The timed evaluation (`gemma3.evaluation.timed`) scores these events; the demo shows them."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from gemma3.utils.plotting import pyplot
+from gemma3.utils.text import normalize
+
+
+@dataclass
+class Event:
+    t: float  # seconds from the start of the video
+    text: str = ""
+    label: str | None = None
+
+
+def feedback_events(records: Sequence[dict], when: str = "end", min_windows: int = 1) -> list[Event]:
+    """The feedback a stream emitted (`gemma3.serve.stream` JSONL records): an event whenever the action changes, at the
+    end (``when="end"``: when a live system could speak) or middle of the window that settles it. With
+    ``min_windows`` k > 1 a new action must be predicted by k consecutive windows first (a single window that
+    flickers to another action says nothing), and the event is timed at the k-th."""
+    if when not in ("end", "middle"):
+        raise ValueError(f"when={when!r}: end or middle")
+    if min_windows < 1:
+        raise ValueError(f"min_windows={min_windows}: at least 1")
+    events, spoken, run, count = [], None, None, 0
+    for r in sorted(records, key=lambda r: r["start"]):
+        action = normalize(r.get("action") or "")
+        if not action:
+            continue
+        count = count + 1 if action == run else 1
+        run = action
+        if count == min_windows and action != spoken:
+            t = r["end"] if when == "end" else (r["start"] + r["end"]) / 2
+            events.append(Event(float(t), r.get("reply") or action, r.get("action")))
+            spoken = action
+    return events
+
+
+def stream_png(records: list[dict], feedback_times: list[float], out: str | Path, title: str = "") -> Path:
+    """One stream over time: each window's predicted action as a coloured bar from its start to its end (rows by
+    action), and ticks where feedback was emitted. ``records`` are `gemma3.serve.stream` JSONL records."""
+    plt = pyplot()
+    actions = sorted({r.get("action") or "(none)" for r in records})
+    end = max([float(r["end"]) for r in records] + list(feedback_times) + [1.0])
+    fig, ax = plt.subplots(figsize=(min(20, 7 + end / 6), 1.6 + 0.35 * max(1, len(actions))))
+    colors = plt.get_cmap("tab10")
+    for r in records:
+        row = actions.index(r.get("action") or "(none)")
+        ax.broken_barh([(float(r["start"]), float(r["end"]) - float(r["start"]))], (row + 0.6, 0.8),
+                       color=colors(row % 10), alpha=0.35)  # fmt: skip
+    ax.scatter(feedback_times, [0] * len(feedback_times), marker="|", s=300, color="black", label="feedback")
+    ax.set_yticks(range(len(actions) + 1), ["feedback"] + [a[:28] for a in actions])
+    ax.set_ylim(-0.6, len(actions) + 0.6)
+    ax.set_xlim(0, end + 0.5)
+    ax.set_xlabel("seconds")
+    ax.set_title(title or "action per window and feedback over time", fontsize=10)
+    with warnings.catch_warnings():  # a model's reply may hold glyphs the plot font lacks: drawn as boxes
+        warnings.filterwarnings("ignore", message="Glyph .* missing")
+        fig.tight_layout()
+        fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
