@@ -575,7 +575,7 @@ def config_from_args(args: argparse.Namespace) -> PipelineConfig:
     )
     if args.rehearse:
         if preset.use_cpu:
-            raise SystemExit("--rehearse / REHEARSE=1 rehearses a GPU preset on CPU; use it with --preset gpu")
+            raise SystemExit("--rehearse / REHEARSE=1 rehearses the gpu preset on CPU; use it with --preset gpu")
         preset = rehearsal_preset(preset)
     return PipelineConfig(
         preset_name=name,

@@ -10,11 +10,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# The cores shared out between the xdist workers (and the subprocesses their tests start, which inherit
+# OMP_NUM_THREADS): two workers on 2 cores run one thread each. Two threads each oversubscribed the cores (the
+# OpenMP threads spin while they wait): the training, inference and static-decoder test files took 279 s that way
+# and 248 s with one thread each, in one run on the 2-core AVX2 machine.
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ.setdefault("OMP_NUM_THREADS", str(min(2, THREADS)))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(min(2, THREADS))
 
 
 @pytest.fixture(autouse=True)
@@ -31,25 +37,28 @@ def gemma270m_dir():
 
 
 # The longest files first: with two xdist workers taking whole files, a long file started last leaves one worker
-# idle at the end. Same order in every worker (the scheduler requires it).
-LONG_FIRST = (  # by the files' total time in a CI run, longest first
+# idle at the end. Same order in every worker (the scheduler requires it), and xdist keeps it only with
+# --no-loadscope-reorder (pyproject.toml; its default reorders files by their number of tests).
+LONG_FIRST = (  # by the files' total time in a full run on the 2-core AVX2 machine, longest first
     "test_two_ranks.py",
     "test_native.py",
-    "test_pipeline.py",
-    "test_rehearsal.py",
-    "test_export.py",
     "test_train.py",
-    "test_lmms_eval.py",
-    "test_faults.py",
+    "test_rehearsal.py",
+    "test_pipeline.py",
+    "test_export.py",
     "test_export_gguf.py",
-    "test_static_decode.py",
+    "test_faults.py",
+    "test_lmms_eval.py",
     "test_inference.py",
-    "test_stream.py",
-    "test_real_size.py",
+    "test_static_decode.py",
     "test_preflight.py",
-    "test_tokenizer_files.py",
+    "test_real_size.py",
+    "test_stream.py",
+    "test_package.py",
     "test_demo.py",
+    "test_tokenizer_files.py",
     "test_feature_cache.py",
+    "test_chat_template_parity.py",
 )
 
 

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
 from gemma3.model.fast_head import RescoredInt8Head, build_int8_head, output_head
-from gemma3.serve.inference import generation_head
+from gemma3.serve.decoding import generation_head
 
 
 def _tiny(vocab: int = 4096) -> Gemma3ForCausalLM:

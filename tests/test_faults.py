@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_checkpoints import custom_train_args, make_custom_assets
+from tiny_checkpoints import custom_train_args, make_custom_assets, save_custom_model
 
 import gemma3.serve.inference as inf
 from gemma3.data import validate as validate_cli
@@ -19,9 +19,7 @@ from gemma3.data.dataset import SupervisedDataset
 from gemma3.data.formats import AnnotationError, Media, Sample, load_annotations
 from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset, verify_dataset
 from gemma3.evaluation.evaluate import CoverageError, evaluate
-from gemma3.model.builder import build_model
 from gemma3.model.families import CUSTOM
-from gemma3.model.visual_tokens import VisualTokens
 from gemma3.train import train as T
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +30,7 @@ def tiny(tmp_path_factory, gemma270m_dir):
     """A saved tiny custom model (full weights + tokenizer) and a 4-clip dataset."""
     root = tmp_path_factory.mktemp("faults")
     llm, clip, vm, data = make_custom_assets(root, gemma270m_dir)
-    model, tok = build_model(
-        llm=llm, image_encoder=None, image_encoder_config=json.loads(clip.read_text()),
-        visual=VisualTokens(num_frames=4, keyframe_chunk_size=2, keyframes_per_chunk=1, image_output_grid=2,
-                            video_output_grid=2, video_size="tiny"),
-        video_encoder_config=json.loads(vm.read_text()),
-    )  # fmt: skip
-    model.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    save_custom_model(root / "model", llm, clip, vm)
     return root, data, llm, clip, vm
 
 

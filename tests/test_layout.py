@@ -280,6 +280,8 @@ def test_the_tree_is_ruff_clean():
 
 
 def test_old_script_name_is_an_alias_of_the_qevd_launcher():
-    new = subprocess.run(["bash", "scripts/finetune_qevd.sh", "--help"], cwd=REPO, capture_output=True, text=True)
+    """``finetune_qved.sh`` runs ``finetune_qevd.sh`` with the same arguments (run once: the pipeline's ``--help``)."""
     old = subprocess.run(["bash", "scripts/finetune_qved.sh", "--help"], cwd=REPO, capture_output=True, text=True)
-    assert new.returncode == old.returncode == 0 and "--preset" in new.stdout and old.stdout == new.stdout
+    assert old.returncode == 0 and "--preset" in old.stdout and "--num_frames" in old.stdout
+    lines = [ln for ln in (REPO / "scripts" / "finetune_qved.sh").read_text().splitlines() if not ln.startswith("#")]
+    assert lines == ['exec bash "$(dirname "$0")/finetune_qevd.sh" "$@"']

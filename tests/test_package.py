@@ -14,7 +14,7 @@ from email.parser import Parser
 from pathlib import Path
 
 import pytest
-from tiny_checkpoints import custom_train_args, make_custom_assets
+from tiny_checkpoints import make_custom_assets, save_custom_model
 
 from gemma3.cli import COMMANDS
 
@@ -117,16 +117,13 @@ def test_every_subcommand_parses_with_the_core_alone(tmp_path):
     assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("ok ")] == list(COMMANDS)
 
 
-@pytest.mark.slow
 def test_inference_on_a_saved_model_with_the_core_alone(tmp_path, gemma270m_dir):
-    """Train a tiny custom model (LoRA output), then, in a process without any extra, run the inference command on
-    it: predictions for every sample."""
-    from gemma3.train import train as T
-
+    """A saved tiny custom model; in a process without any extra, the inference command on it writes a prediction
+    for every sample."""
     llm, clip, vm, data = make_custom_assets(tmp_path, gemma270m_dir, n=2)
-    T.main(custom_train_args(llm, clip, vm, data, tmp_path / "out", stage="finetune", use_lora=True, max_steps=1))
+    model = save_custom_model(tmp_path / "model", llm, clip, vm)
     out = tmp_path / "preds.jsonl"
-    argv = ["infer", "--model_path", str(tmp_path / "out"), "--annotations", str(data), "--output", str(out),
+    argv = ["infer", "--model_path", str(model), "--annotations", str(data), "--output", str(out),
             "--max_new_tokens", "3"]  # fmt: skip
     code = f"import sys\nfrom gemma3.cli import main\nsys.exit(main({argv!r}))\n"
     proc = _core_only(code, tmp_path)

@@ -12,6 +12,8 @@ from tiny_models import tiny_text_config
 from transformers import AutoTokenizer
 
 from gemma3.model import backbones
+from gemma3.model.builder import build_model
+from gemma3.model.visual_tokens import VisualTokens
 from gemma3.utils.tokenizer_files import save_tokenizer
 
 CLIP_CFG = {
@@ -78,6 +80,20 @@ def make_custom_assets(root: Path, gemma270m_dir: Path, n: int = 4) -> tuple[Pat
     llm = make_llm(root, gemma270m_dir)
     clip, vm = make_encoder_configs(root)
     return llm, clip, vm, make_dataset(root, n=n)
+
+
+def save_custom_model(out: Path, llm: Path, clip_cfg: Path, vm_cfg: Path) -> Path:
+    """A tiny custom model built from the assets (random encoders and projectors, 4 frames) and saved as a full
+    model folder with its tokenizer: what inference, export and evaluation load."""
+    model, tok = build_model(
+        llm=llm, image_encoder=None, image_encoder_config=json.loads(clip_cfg.read_text()),
+        visual=VisualTokens(num_frames=4, keyframe_chunk_size=2, keyframes_per_chunk=1, image_output_grid=2,
+                            video_output_grid=2, video_size="tiny"),
+        video_encoder_config=json.loads(vm_cfg.read_text()),
+    )  # fmt: skip
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 def custom_train_args(llm: Path, clip_cfg: Path, vm_cfg: Path, data: Path, out: Path, **extra) -> list[str]:
