@@ -7,9 +7,9 @@ shapes, colours and backgrounds the main job trains on), each segment 3-8 s long
 so every boundary is a visible change. A segment repeats one clip of the training clips' length (``rep_frames``,
 16 frames = 2 s at 8 fps), like the repetitions of an exercise: any window of that length shows the motion at the
 speed the model was trained on (one 6 s sweep would move three times slower than any training clip). Segment
-lengths are rounded to whole repetitions. The ground truth (``timed.json``) lists, per video, one event at the start of
-every segment: ``{"t": seconds, "text": <feedback>, "label": <action>}``, the format `gemma3.evaluation.timed` reads, plus the
-segment boundaries and the duration.
+lengths are rounded to whole repetitions. The ground truth (``timed.json``) lists, per video, one event at the start
+of every segment: ``{"t": seconds, "text": <feedback>, "label": <action>}``, the format `gemma3.evaluation.timed`
+reads, plus the segment boundaries and the duration.
 
 Layout: ``videos/long_<i>.mp4`` and ``timed.json`` (``[{"video", "duration", "fps", "segments", "events"}]``).
 """
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gemma3.data.synthetic import ACTIONS, SyntheticConfig, render_clip
 from gemma3.data.media import write_video
+from gemma3.data.synthetic import ACTIONS, SyntheticConfig, render_clip
 
 logger = logging.getLogger(__name__)
 GROUND_TRUTH = "timed.json"

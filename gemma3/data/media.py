@@ -1,7 +1,8 @@
 """Frame sampling, video/image reading and preprocessing, and media-tag expansion.
 
-Readers: PyAV first (the keyframe-aware, frame-threaded reader), decord when PyAV fails on a file; frame folders (``frame_1.jpg ...``, sorted
-by the number in the name) and single images. Frames come back as uint8 ``[T, H, W, 3]`` numpy arrays.
+Readers: PyAV first (the keyframe-aware, frame-threaded reader), decord when PyAV fails on a file; frame folders
+(``frame_1.jpg ...``, sorted by the number in the name) and single images. Frames come back as uint8
+``[T, H, W, 3]`` numpy arrays.
 """
 
 from __future__ import annotations

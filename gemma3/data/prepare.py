@@ -21,9 +21,8 @@ import logging
 import re
 from pathlib import Path
 
-from gemma3.data.synthetic import split_groups, write_dataset
-
 from gemma3.data.media import MediaError, read_video
+from gemma3.data.synthetic import split_groups, write_dataset
 from gemma3.data.validate import validate_annotations
 
 logger = logging.getLogger(__name__)
