@@ -9,9 +9,10 @@ import torch
 from torch.utils.data import Dataset
 
 from gemma3.constants import DEFAULT_MAX_BAD_FRACTION
-from gemma3.data.formats import AnnotationError, Sample
 from gemma3.data.media import MediaError
 from gemma3.data.plugins import MediaPlugin
+from gemma3.data.records import AnnotationError
+from gemma3.data.sample import Sample
 from gemma3.data.template import ChatTemplate
 
 logger = logging.getLogger(__name__)
@@ -94,5 +95,3 @@ class SupervisedDataset(Dataset):
                         f"{self.max_bad_fraction:.1%}; run `python dataset.py validate` on the annotations"
                     ) from err
         raise RuntimeError("every sample is bad")
-
-

@@ -1,193 +1,37 @@
-"""Annotation formats: records in a file -> the project's `Sample`s.
-
-Two annotation formats, JSON list or JSONL, media paths relative to a media root:
-
-- LLaVA style: ``{"id", "video"|"image", "conversations": [{"from": "human", "value": "<video>\\n..."},
-  {"from": "gpt", "value": ...}]}``;
-- HF messages: ``{"messages": [{"role": "user", "content": [{"type": "image", "image": "frames/x/frame_1.jpg"},
-  ..., {"type": "text", "text": ...}]}, {"role": "assistant", ...}]}``. Consecutive images in one turn form one
-  video clip (a frame sequence) unless ``frames_as_video=False`` (the native VLMs take N images).
-
-The media plugins (`gemma3.data.plugins`) turn a `Sample` into model tensors.
-"""
+"""Where samples come from, in one entry point: an annotation file (LLaVA style or HF messages, JSON or JSONL;
+`gemma3.data.records`) or a dataset release read from its own layout (``FORMAT:ROOT[:SPLIT]``, e.g.
+``kinetics400:/data/k400:val``; `gemma3.data.releases`). Training's ``--data_path``, inference's and evaluation's
+``--annotations`` and ``validate`` all read through `load_annotations`."""
 
 from __future__ import annotations
 
-import json
-import logging
-from dataclasses import dataclass
 from pathlib import Path
 
-from gemma3.constants import IMAGE_TAG, MEDIA_TAGS, VIDEO_TAG
-from gemma3.data.media import FrameArray
+from gemma3.data.records import AnnotationError, check_tags, load_annotation_file, parse_record, read_records
+from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION, ReleaseError, load_release, parse_spec
+from gemma3.data.sample import Media, Sample
 
-logger = logging.getLogger(__name__)
-
-_ROLE = {
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "model": "assistant",
-    "system": "system",
-}
+__all__ = [
+    "AnnotationError", "Media", "ReleaseError", "Sample", "check_tags", "is_release_spec", "load_annotations",
+    "parse_record", "read_records",
+]  # fmt: skip
 
 
-class AnnotationError(ValueError):
-    """A malformed annotation record; the message names the file, the sample index and the field."""
-
-
-@dataclass(frozen=True)
-class Media:
-    kind: str  # "video" or "image"
-    path: str | tuple[str, ...] | FrameArray  # a file / frame folder, a tuple of frame files, or frames in memory
-
-
-@dataclass(frozen=True)
-class Sample:
-    id: str
-    messages: tuple[dict, ...] | list[dict]  # role in system/user/assistant; content text with media tags
-    media: tuple[Media, ...] = ()
-    source: str = ""  # "file:index", for error messages
-
-    @property
-    def reference(self) -> str | None:
-        return self.messages[-1]["content"] if self.messages and self.messages[-1]["role"] == "assistant" else None
-
-
-def _resolve(path: str, media_root: str | Path | None) -> str:
-    p = Path(path)
-    return str(p if p.is_absolute() or media_root is None else Path(media_root) / p)
-
-
-def _parse_llava(rec: dict, where: str, media_root) -> Sample:
-    convs = rec.get("conversations")
-    if not isinstance(convs, list) or not convs:
-        raise AnnotationError(f"{where}: field 'conversations' must be a non-empty list")
-    messages = []
-    for j, turn in enumerate(convs):
-        role = _ROLE.get(str(turn.get("from", "")).lower())
-        if role is None or not isinstance(turn.get("value"), str):
-            raise AnnotationError(f"{where}: conversations[{j}] needs 'from' (human/gpt/system) and a text 'value'")
-        messages.append({"role": role, "content": turn["value"]})
-    media = []
-    for kind in ("video", "image"):
-        val = rec.get(kind)
-        if val is None:
-            continue
-        for p in [val] if isinstance(val, str) else list(val):
-            media.append(Media(kind, _resolve(p, media_root)))
-    text = "".join(m["content"] for m in messages)
-    if media and not any(t in text for t in MEDIA_TAGS):  # tag-less records: media go before the first question
-        tags = "".join(f"<{m.kind}>\n" for m in media)
-        first = next(i for i, m in enumerate(messages) if m["role"] == "user")
-        messages[first] = {**messages[first], "content": tags + messages[first]["content"]}
-    return Sample(str(rec.get("id", where)), messages, tuple(media), where)
-
-
-def _flush_frames(frames: list[str], parts: list[str], media: list[Media], frames_as_video: bool) -> None:
-    """Consecutive image items: one video clip (frame sequence), or separate images."""
-    if not frames:
-        return
-    if frames_as_video and len(frames) > 1:
-        media.append(Media("video", tuple(frames)))
-        parts.append(VIDEO_TAG + "\n")
-    else:
-        for f in frames:
-            media.append(Media("image", f))
-            parts.append(IMAGE_TAG + "\n")
-    frames.clear()
-
-
-def _parse_messages(rec: dict, where: str, media_root, frames_as_video: bool) -> Sample:
-    messages, media = [], []
-    for j, msg in enumerate(rec["messages"]):
-        role = _ROLE.get(str(msg.get("role", "")).lower())
-        if role is None:
-            raise AnnotationError(f"{where}: messages[{j}].role {msg.get('role')!r} is not user/assistant/system")
-        content = msg.get("content")
-        if isinstance(content, str):
-            messages.append({"role": role, "content": content})
-            continue
-        if not isinstance(content, list):
-            raise AnnotationError(f"{where}: messages[{j}].content must be a string or a list of items")
-        parts: list[str] = []
-        frames: list[str] = []
-
-        for k, item in enumerate(content):
-            kind = item.get("type")
-            if kind == "image":
-                src = item.get("image") or item.get("path") or item.get("url")
-                if not isinstance(src, str):
-                    raise AnnotationError(f"{where}: messages[{j}].content[{k}] image item has no 'image' path")
-                frames.append(_resolve(src, media_root))
-            elif kind == "video":
-                _flush_frames(frames, parts, media, frames_as_video)
-                src = item.get("video") or item.get("path")
-                if not isinstance(src, str):
-                    raise AnnotationError(f"{where}: messages[{j}].content[{k}] video item has no 'video' path")
-                media.append(Media("video", _resolve(src, media_root)))
-                parts.append(VIDEO_TAG + "\n")
-            elif kind == "text":
-                _flush_frames(frames, parts, media, frames_as_video)
-                parts.append(str(item.get("text", "")))
-            else:
-                raise AnnotationError(f"{where}: messages[{j}].content[{k}].type {kind!r} is not image/video/text")
-        _flush_frames(frames, parts, media, frames_as_video)
-        messages.append({"role": role, "content": "".join(parts)})
-    return Sample(str(rec.get("id", where)), messages, tuple(media), where)
-
-
-def parse_record(rec: dict, where: str, media_root=None, frames_as_video: bool = True) -> Sample:
-    """One annotation record (either format) as a `Sample`."""
-    if not isinstance(rec, dict):
-        raise AnnotationError(f"{where}: a record must be a JSON object")
-    if "conversations" in rec:
-        return _parse_llava(rec, where, media_root)
-    if "messages" in rec:
-        return _parse_messages(rec, where, media_root, frames_as_video)
-    raise AnnotationError(f"{where}: record has neither 'conversations' nor 'messages'")
-
-
-def read_records(path: str | Path) -> list[dict]:
-    """Records of a JSON list or JSONL file."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"annotation file not found: {path}")
-    text = path.read_text()
-    if path.suffix == ".jsonl" or (text.lstrip()[:1] == "{" and "\n{" in text):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise AnnotationError(f"{path}:{n}: invalid JSON ({err})") from err
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise AnnotationError(f"{path}: invalid JSON at line {err.lineno} column {err.colno} ({err.msg})") from err
-    if isinstance(data, dict):
-        data = [data]
-    if not isinstance(data, list):
-        raise AnnotationError(f"{path}: expected a JSON list of records (or JSONL), got {type(data).__name__}")
-    return data
+def is_release_spec(text: str | Path) -> bool:
+    """Whether ``text`` names a dataset release (``FORMAT:ROOT[:SPLIT]`` with a registered format)."""
+    return parse_spec(text) is not None
 
 
 def load_annotations(
-    path: str | Path, media_root: str | Path | None = None, frames_as_video: bool = True
+    path: str | Path,
+    media_root: str | Path | None = None,
+    frames_as_video: bool = True,
+    max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
 ) -> list[Sample]:
-    """Parse an annotation file; media paths resolve against ``media_root`` (default: the file's folder)."""
-    root = Path(path).parent if media_root is None else media_root
-    return [parse_record(r, f"{path}:{i}", root, frames_as_video) for i, r in enumerate(read_records(path))]
-
-
-
-def check_tags(sample: Sample) -> None:
-    """Tags in the text must match the media list, kind by kind."""
-    text = "".join(m["content"] for m in sample.messages)
-    for kind, tag in (("video", VIDEO_TAG), ("image", IMAGE_TAG)):
-        n_tags, n_media = text.count(tag), sum(1 for m in sample.media if m.kind == kind)
-        if n_tags != n_media:
-            raise AnnotationError(f"{sample.source} (id {sample.id}): {n_tags} {tag} tags but {n_media} {kind} files")
+    """The samples of an annotation file (media paths against ``media_root``, default the file's folder) or of a
+    ``FORMAT:ROOT[:SPLIT]`` release (media where the release keeps them; missing clips counted, and refused above
+    ``max_missing_fraction``)."""
+    spec = parse_spec(path)
+    if spec is not None:
+        return load_release(spec, max_missing_fraction)
+    return load_annotation_file(path, media_root, frames_as_video)

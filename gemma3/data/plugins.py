@@ -21,8 +21,9 @@ import torch
 from PIL import Image
 
 from gemma3.constants import CLIP_MEAN, CLIP_STD, IGNORE_INDEX, MEDIA_TAGS
-from gemma3.data.formats import Media, Sample, check_tags
 from gemma3.data.media import MediaExpander, preprocess_frames, read_clip, read_image
+from gemma3.data.records import check_tags
+from gemma3.data.sample import Media, Sample
 from gemma3.data.template import ChatTemplate, render_conversation
 
 # Per-token tensors the processors return besides input_ids (padded like the ids); everything else is per image.
@@ -129,7 +130,6 @@ class CustomModelPlugin:
             if parts:
                 batch[key] = torch.cat(parts)
         return batch
-
 
 
 def tokens_per_image(processor) -> int:

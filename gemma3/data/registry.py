@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from gemma3.data.releases import parse_spec
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
@@ -52,7 +54,8 @@ def registered() -> dict[str, DatasetSpec]:
 
 
 def resolve_datasets(spec: str, media_root: str | None = None) -> list[DatasetSpec]:
-    """``"a,b,path.json"`` -> specs: registered names as registered, other entries as annotation files.
+    """``"a,b,path.json,kinetics400:/data/k400:train"`` -> specs: registered names as registered, dataset releases
+    (``FORMAT:ROOT[:SPLIT]``) as given, other entries as annotation files.
 
     ``media_root`` applies to plain paths (default: the annotation file's folder).
     """
@@ -61,6 +64,8 @@ def resolve_datasets(spec: str, media_root: str | None = None) -> list[DatasetSp
     for item in (s.strip() for s in spec.split(",") if s.strip()):
         if item in table:
             out.append(table[item])
+        elif parse_spec(item) is not None:
+            out.append(DatasetSpec(item, item, None))
         elif Path(item).exists():
             out.append(DatasetSpec(Path(item).stem, item, media_root))
         else:

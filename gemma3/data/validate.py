@@ -1,7 +1,9 @@
-"""``validate``: every problem of every sample of an annotation file, before a long run.
+"""``validate``: every problem of every sample of an annotation file or dataset release, before a long run.
 
 The command is ``video-gemma validate`` (or ``python dataset.py validate``); with ``--model_path`` the length of
-each sample is counted exactly as training counts it (the model family's media plugin, given as ``encode``).
+each sample is counted exactly as training counts it (the model family's media plugin, given as ``encode``). A
+``FORMAT:ROOT[:SPLIT]`` release is read as training reads it, every missing clip reported (none refused). The
+report also says what was downloaded: samples per class, clip durations, frame rates and resolutions.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemma3.data.formats import AnnotationError, check_tags, parse_record, read_records
 from gemma3.data.media import MediaError, read_image, read_video
+from gemma3.data.records import AnnotationError, check_tags, parse_record, read_records
+from gemma3.data.releases import ReleaseError, get_release, parse_spec
+from gemma3.data.sample import Sample
 
 
 @dataclass
@@ -27,10 +32,38 @@ class Problem:
 
 
 @dataclass
+class MediaStats:
+    """What the clips are: samples per class (the reply), and the videos' durations, frame rates, resolutions."""
+
+    per_class: Counter = field(default_factory=Counter)
+    durations: list[float] = field(default_factory=list)
+    frame_rates: Counter = field(default_factory=Counter)
+    resolutions: Counter = field(default_factory=Counter)
+
+    def add_video(self, frames) -> None:
+        """Record one read clip (`gemma3.data.media.VideoFrames`)."""
+        h, w = frames.frames.shape[1:3]
+        self.resolutions[f"{w}x{h}"] += 1
+        if frames.source_fps:
+            self.frame_rates[round(float(frames.source_fps), 2)] += 1
+            self.durations.append(frames.source_frames / float(frames.source_fps))
+
+    def to_dict(self) -> dict:
+        d = self.durations
+        return {
+            "per_class": dict(sorted(self.per_class.items())),
+            "durations_s": {"min": min(d), "mean": sum(d) / len(d), "max": max(d)} if d else {},
+            "frame_rates": {str(k): v for k, v in sorted(self.frame_rates.items())},
+            "resolutions": dict(self.resolutions.most_common()),
+        }
+
+
+@dataclass
 class ValidationReport:
     annotation: str
     total: int
     problems: list[Problem]
+    stats: MediaStats = field(default_factory=MediaStats)
 
     @property
     def ok(self) -> bool:
@@ -42,7 +75,44 @@ class ValidationReport:
             "total": self.total,
             "num_bad_samples": len({p.index for p in self.problems}),
             "problems": [dataclasses.asdict(p) for p in self.problems],
+            **self.stats.to_dict(),
         }
+
+
+def _file_samples(path, media_root, problems: list[Problem]) -> tuple[int, Iterator[tuple[int, Sample]]]:
+    """(record count, the parsed samples with their index) of an annotation file; bad records become problems."""
+    records = read_records(path)
+    root = Path(path).parent if media_root is None else media_root
+
+    def parsed() -> Iterator[tuple[int, Sample]]:
+        for i, rec in enumerate(records):
+            try:
+                yield i, parse_record(rec, f"{path}:{i}", root)
+            except AnnotationError as err:
+                rid = str(rec.get("id", "")) if isinstance(rec, dict) else ""
+                problems.append(Problem(i, rid, "record", "", str(err)))
+
+    return len(records), parsed()
+
+
+def _release_samples(spec, problems: list[Problem]) -> tuple[int, Iterator[tuple[int, Sample]]]:
+    """(record count, the samples with their index) of a release; a missing clip is a problem naming its path."""
+    reader = get_release(spec, max_missing_fraction=1.0)
+    records = reader.records()
+
+    def parsed() -> Iterator[tuple[int, Sample]]:
+        for i, r in enumerate(records):
+            paths = ([r.media] if isinstance(r.media, str) else list(r.media)) + list(r.files)
+            gone = [p for p in paths if not Path(p).exists()]
+            if gone:
+                problems.append(Problem(i, r.id, r.kind, gone[0], f"not found ({r.source})"))
+                continue
+            try:
+                yield i, reader.to_sample(r)
+            except (ReleaseError, AnnotationError, ValueError, OSError) as err:
+                problems.append(Problem(i, r.id, "record", r.source, str(err)))
+
+    return len(records), parsed()
 
 
 def validate_annotations(
@@ -60,19 +130,16 @@ def validate_annotations(
     is the exact training length: chat template, expanded video placeholders or image soft tokens included.
     Without it, only the raw text is counted with ``tokenizer`` (a lower bound)."""
     problems: list[Problem] = []
+    stats = MediaStats()
+    spec = parse_spec(path)
     try:
-        records = read_records(path)
-    except (AnnotationError, json.JSONDecodeError) as err:
+        total, samples = _release_samples(spec, problems) if spec else _file_samples(path, media_root, problems)
+    except (AnnotationError, ReleaseError, json.JSONDecodeError) as err:
         return ValidationReport(str(path), 0, [Problem(-1, "", "file", str(path), str(err))])
-    root = Path(path).parent if media_root is None else media_root
-    for i, rec in enumerate(records):
-        where = f"{path}:{i}"
+    for i, s in samples:
         before = len(problems)  # encode only samples with no problem so far
-        try:
-            s = parse_record(rec, where, root)
-        except AnnotationError as err:
-            problems.append(Problem(i, str(rec.get("id", "")) if isinstance(rec, dict) else "", "record", "", str(err)))
-            continue
+        if s.reference is not None:
+            stats.per_class[s.reference] += 1
         replies = [m["content"] for m in s.messages if m["role"] == "assistant"]
         if not replies:
             problems.append(Problem(i, s.id, "conversations", "", "no assistant turn"))
@@ -87,7 +154,7 @@ def validate_annotations(
                 paths = list(m.path) if isinstance(m.path, tuple) else [m.path]
                 try:
                     if m.kind == "video" and not isinstance(m.path, tuple):
-                        read_video(m.path, 1)
+                        stats.add_video(read_video(m.path, 1))
                     else:
                         for p in paths:
                             read_image(p)
@@ -107,13 +174,13 @@ def validate_annotations(
             n = len(tokenizer(text, add_special_tokens=False).input_ids)
             if n > max_length:
                 problems.append(Problem(i, s.id, "text", "", f"text is {n} tokens, over max_length={max_length}"))
-    return ValidationReport(str(path), len(records), problems)
+    return ValidationReport(str(path), total, problems, stats)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """``validate ANNOTATION [--media-root] [--tokenizer | --model_path] [--max-length] [--json]``."""
     v = argparse.ArgumentParser(prog="validate", description="report every bad sample of an annotation file")
-    v.add_argument("annotation")
+    v.add_argument("annotation", help="annotation file, or a dataset release as FORMAT:ROOT[:SPLIT]")
     v.add_argument("--media-root", default=None)
     v.add_argument("--tokenizer", default=None, help="tokenizer folder/id: --max-length on the raw text only")
     v.add_argument(
@@ -142,6 +209,10 @@ def print_report(args: argparse.Namespace, encode: Callable | None = None) -> in
         print(f"[{p.index}] id={p.id} field={p.field} path={p.path}: {p.problem}")
     bad = len({p.index for p in report.problems})
     print(f"{report.total} samples, {bad} bad, {len(report.problems)} problems")
+    summary = report.stats.to_dict()
+    if summary["per_class"]:
+        print(f"{len(summary['per_class'])} classes / answers; clips: durations {summary['durations_s'] or '-'}, "
+              f"frame rates {summary['frame_rates'] or '-'}, resolutions {summary['resolutions'] or '-'}")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2))
     return 1 if report.problems else 0

@@ -17,7 +17,12 @@ from pathlib import Path
 
 from gemma3.data.formats import load_annotations
 from gemma3.evaluation.benchmarks import get_benchmark
-from gemma3.evaluation.benchmarks.base import benchmark_class, read_predictions, references_from_annotations
+from gemma3.evaluation.benchmarks.base import (
+    benchmark_class,
+    read_predictions,
+    references_from_annotations,
+    release_classes,
+)
 from gemma3.evaluation.metrics import MiniLMEmbedder
 from gemma3.serve.inference import GenerationConfig, load_predictor, predict
 from gemma3.utils.argtypes import positive_int
@@ -88,7 +93,7 @@ def evaluate(
         preds = [p for p in preds if str(p["id"]) in refs]
     kwargs = {}
     if benchmark_class(benchmark).takes_classes:
-        kwargs["classes"] = load_classes(classes)
+        kwargs["classes"] = load_classes(classes) if classes or not annotations else release_classes(annotations)
         kwargs["synonyms"] = json.loads(Path(synonyms).read_text()) if synonyms else None
     if embedder is None and use_embeddings:
         embedder = MiniLMEmbedder()
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--benchmark", required=True)
     ap.add_argument("--predictions", default=None)
-    ap.add_argument("--annotations", default=None)
+    ap.add_argument("--annotations", default=None, help="annotation file, or a release as FORMAT:ROOT[:SPLIT]")
     ap.add_argument("--classes", default=None, help="txt (one per line) or JSON list")
     ap.add_argument("--synonyms", default=None, help="JSON map class -> [synonyms]")
     ap.add_argument("--embeddings", action="store_true", help="MiniLM similarity (matching / QEVD cosine)")

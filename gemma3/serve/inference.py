@@ -30,8 +30,9 @@ import torch
 
 import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
 from gemma3.constants import DEFAULT_PROMPT, IGNORE_INDEX, VIDEO_EXTENSIONS, VIDEO_TAG
-from gemma3.data.formats import Media, Sample, load_annotations
+from gemma3.data.formats import Media, Sample, is_release_spec, load_annotations
 from gemma3.data.processing import resolve_processing
+from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION
 from gemma3.model.families import family_for_checkpoint
 from gemma3.model.fast_head import HEADS
 from gemma3.model.fast_linears import WEIGHTS
@@ -373,9 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_path", required=True, help="trained output folder, saved custom model, or native VLM")
     p.add_argument("--model_family", default="auto", choices=["auto", "custom", "native"])
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--annotations", help="annotation file (LLaVA-style JSON/JSONL or HF messages)")
+    src.add_argument(
+        "--annotations",
+        help="annotation file (LLaVA-style JSON/JSONL or HF messages), or a dataset "
+        "release as FORMAT:ROOT[:SPLIT] (e.g. kinetics400:/data/k400:val)",
+    )
     src.add_argument("--video_dir", help="folder of videos, each asked --prompt")
     p.add_argument("--media_root", default=None, help="media root for annotation paths")
+    p.add_argument("--max_missing_fraction", type=float, default=DEFAULT_MAX_MISSING_FRACTION,
+                   help="refuse a FORMAT:ROOT[:SPLIT] release missing more of its clips than this")  # fmt: skip
     p.add_argument("--prompt", default=DEFAULT_PROMPT)
     p.add_argument("--output", required=True, help="predictions JSONL (appended; existing ids are skipped)")
     p.add_argument("--batch_size", type=positive_int, default=8)
@@ -409,7 +416,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     for flag in ("annotations", "media_root"):
         value = getattr(args, flag)
-        if value and not Path(value).exists():
+        if value and not Path(value).exists() and not is_release_spec(value):
             parser.error(f"--{flag} {value}: no such file or folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -430,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict:
         weights=args.weights,
     )
     if args.annotations:
-        samples = load_annotations(args.annotations, media_root=args.media_root)
+        samples = load_annotations(args.annotations, args.media_root, max_missing_fraction=args.max_missing_fraction)
     else:
         samples = samples_from_video_dir(args.video_dir, args.prompt)
     if args.limit:

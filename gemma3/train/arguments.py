@@ -16,6 +16,7 @@ from transformers import HfArgumentParser
 from transformers import TrainingArguments as HFTrainingArguments
 
 from gemma3.constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM, DEFAULT_MAX_BAD_FRACTION
+from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION
 from gemma3.model.families import KINDS
 from gemma3.model.visual_tokens import VisualTokens
 
@@ -71,6 +72,10 @@ class DataArguments:
     frame_sampling: str = field(default="uniform", metadata={"help": "uniform | fps"})
     fps: float = field(default=1.0, metadata={"help": "frames per second for --frame_sampling fps"})
     max_bad_fraction: float = field(default=DEFAULT_MAX_BAD_FRACTION)
+    max_missing_fraction: float = field(
+        default=DEFAULT_MAX_MISSING_FRACTION,
+        metadata={"help": "a FORMAT:ROOT[:SPLIT] release missing more of its clips than this is refused"},
+    )
     template: str | None = field(default=None, metadata={"help": "chat template override (gemma, gemma4, plain)"})
 
 
@@ -155,6 +160,8 @@ def check_arguments(
     ):
         if value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
+    if not 0 <= data_args.max_missing_fraction <= 1:
+        raise ValueError(f"--max_missing_fraction must be in [0, 1], got {data_args.max_missing_fraction}")
     if not 0 <= data_args.max_bad_fraction <= 1:
         raise ValueError(f"--max_bad_fraction must be in [0, 1], got {data_args.max_bad_fraction}")
     if data_args.fps <= 0:

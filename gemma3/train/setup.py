@@ -103,7 +103,8 @@ def build_datasets(data_args: DataArguments, plugin, tokenizer, template):
     def make(spec: str):
         samples = []
         for ds in resolve_datasets(spec, media_root=data_args.video_folder or data_args.image_folder):
-            samples += load_annotations(ds.annotation_path, media_root=ds.media_root)
+            samples += load_annotations(ds.annotation_path, ds.media_root,
+                                        max_missing_fraction=data_args.max_missing_fraction)  # fmt: skip
         return SupervisedDataset(
             samples,
             plugin,

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from gemma3.data.formats import parse_record, read_records
+from gemma3.data.formats import load_annotations, parse_record, read_records
+from gemma3.data.releases import get_release, parse_spec
 
 BENCHMARKS: dict[str, type[Benchmark]] = {}
 
@@ -70,8 +71,10 @@ def read_predictions(path: str | Path, report: dict | None = None) -> list[dict]
 
 
 def references_from_annotations(path: str | Path) -> dict[str, dict]:
-    """id -> {reference, question, media, extras} from an annotation file (either format, or MVBench-style)."""
-
+    """id -> {reference, question, media, extras} from an annotation file (either format, or MVBench-style) or a
+    ``FORMAT:ROOT[:SPLIT]`` release (its samples, with what the release records for scoring)."""
+    if parse_spec(path) is not None:
+        return {s.id: _sample_reference(s) for s in load_annotations(path)}
     refs = {}
     for i, rec in enumerate(read_records(path)):
         rid = str(rec.get("id", i))
@@ -87,6 +90,19 @@ def references_from_annotations(path: str | Path) -> dict[str, dict]:
             "question": q,
         }
     return refs
+
+
+def _sample_reference(sample) -> dict:
+    media = sample.media[0] if sample.media else None
+    media_key = {} if media is None or not isinstance(media.path, str) else {media.kind: media.path}
+    question = next((m["content"] for m in sample.messages if m["role"] == "user"), "")
+    return {**sample.extra, **media_key, "id": sample.id, "reference": sample.reference, "question": question}
+
+
+def release_classes(path: str | Path) -> list[str] | None:
+    """The class list of a ``FORMAT:ROOT[:SPLIT]`` classification release (None for a file or a non-class one)."""
+    spec = parse_spec(path)
+    return (get_release(spec).classes() or None) if spec is not None else None
 
 
 class Benchmark:
