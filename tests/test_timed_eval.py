@@ -22,8 +22,9 @@ def test_exact_hits_score_one():
     result = temporal_scores([(REF, [Event(e.t, e.text) for e in REF])])
     assert (result.precision, result.recall, result.f_score) == (1.0, 1.0, 1.0)
     assert result.pairs == [(e.text, e.text) for e in REF]
-    # METEOR's fragmentation penalty keeps identical one-word texts at 0.5 ("good"): mean (0.99 + 0.94 + 0.5) / 3
-    assert text_scores(result.pairs)["meteor"] == pytest.approx(0.81, abs=0.01)
+    # METEOR's fragmentation penalty: 1 - 0.5 / m^3 for identical texts of m tokens (m = 4, 2, 1)
+    expected = (1 - 0.5 / 64 + 1 - 0.5 / 8 + 1 - 0.5) / 3
+    assert text_scores(result.pairs)["meteor"] == pytest.approx(0.9999 * expected, rel=1e-3)
     assert text_scores(result.pairs)["rouge_l"] == 1.0
 
 
@@ -48,7 +49,8 @@ def test_empty_predictions_and_empty_texts_match_nothing():
     assert temporal_scores([(REF, [])]).f_score == 0.0
     silent = temporal_scores([(REF, [Event(2.0, ""), Event(10.0, "  ")])])
     assert silent.matched_references == 0 and silent.pairs == []
-    assert text_scores([]) == {"meteor": 0.0, "rouge_l": 0.0}
+    empty = text_scores([])
+    assert (empty["meteor"], empty["rouge_l"], empty["num_pairs"]) == (0.0, 0.0, 0)
     assert temporal_scores([([], [])]).f_score == 0.0
 
 

@@ -13,8 +13,9 @@ and counts the matched predictions. Counts are pooled over all videos before div
     P = sum matched predictions / sum predictions,   R = sum matched references / sum references,
     F = 2PR / (P + R)
 
-Text metrics (METEOR, ROUGE-L, sentence-embedding cosine) are averaged over the (reference, prediction) pairs of
-the recall walk, over all videos; 0 when nothing matched. Per-window action accuracy compares the action each
+Text metrics (the official METEOR and ROUGE-L, BERTScore where its model is on disk, the earlier stemmed variants,
+sentence-embedding cosine; `gemma3.evaluation.metrics.text_scores`) are averaged over the (reference, prediction)
+pairs of the recall walk, over all videos; 0 when nothing matched. Per-window action accuracy compares the action each
 window predicted with the label in force at the window's middle (the label of the last event at or before it).
 """
 
@@ -23,11 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemma3.evaluation.metrics import MiniLMEmbedder, cosine, meteor, normalize, rouge_l
+from gemma3.evaluation.metrics import MiniLMEmbedder, normalize, text_scores
 from gemma3.serve.feedback import Event, feedback_events
 from gemma3.utils.plotting import pyplot
 
@@ -102,23 +103,6 @@ def temporal_scores(videos: Sequence[tuple[Sequence[Event], Sequence[Event]]],
     r = hit_refs / refs if refs else 0.0
     f = 2 * p * r / (p + r) if p + r else 0.0
     return TimedResult(p, r, f, refs, preds, hit_refs, hit_preds, pairs, per_video)
-
-
-def text_scores(
-    pairs: Sequence[tuple[str, str]], embed: Callable[[list[str]], list[list[float]]] | None = None
-) -> dict:
-    """METEOR, ROUGE-L and (with ``embed``) embedding cosine, averaged over matched (reference, prediction) pairs."""
-    if not pairs:
-        return {"meteor": 0.0, "rouge_l": 0.0, **({"embedding_similarity": 0.0} if embed else {})}
-    out = {
-        "meteor": sum(meteor(p, r) for r, p in pairs) / len(pairs),
-        "rouge_l": sum(rouge_l(p, r) for r, p in pairs) / len(pairs),
-    }
-    if embed is not None:
-        vectors = embed([r for r, _ in pairs] + [p for _, p in pairs])
-        n = len(pairs)
-        out["embedding_similarity"] = sum(cosine(vectors[i], vectors[n + i]) for i in range(n)) / n
-    return out
 
 
 def label_at(events: Sequence[Event], t: float) -> str | None:
@@ -203,7 +187,7 @@ def evaluate_streams(ground_truth: str | Path, streams: str | Path, out: str | P
     result = {"tolerance_s": tolerance, "feedback_time": when, "min_windows": min_windows,
               "precision": temporal.precision, "recall": temporal.recall, "f_score": temporal.f_score,
               "references": temporal.references, "predictions": temporal.predictions,
-              **text_scores(temporal.pairs, embed),
+              **{k: v for k, v in text_scores(temporal.pairs, embed).items() if k != "per_pair"},
               "window_accuracy": windows_ok / windows_n if windows_n else 0.0, "windows": windows_n,
               "missing_streams": len(missing)}  # fmt: skip
     if out:

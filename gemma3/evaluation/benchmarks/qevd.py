@@ -23,38 +23,28 @@ class QEVDFeedback(Benchmark):
         self.embedder = embedder
 
     def score(self, predictions: list[dict], references: dict | None = None) -> dict:
+        """Exercise accuracy (the part before " - ") and the official text metrics of each reply against its
+        reference (`metrics.text_scores`: METEOR, ROUGE-L, BERTScore where present, the stemmed variants)."""
         pairs = self.pair(predictions, references)
-        records, ex_ok, met, rl, cos = [], [], [], [], []
-        embs = None
-        if self.embedder is not None and pairs:
-            texts = [p.get("prediction", "") or " " for p, _ in pairs] + [r for _, r in pairs]
-            embs = self.embedder(texts)
-        for k, (p, r) in enumerate(pairs):
-            pe, pf = split_answer(p.get("prediction", ""))
-            re_, rf = split_answer(r)
-            ok = bool(pe) and M.normalize(pe) == M.normalize(re_)
-            m = M.meteor(p.get("prediction", ""), r)
-            rouge = M.rouge_l(p.get("prediction", ""), r) if p.get("prediction") else 0.0
-            c = M.cosine(embs[k], embs[len(pairs) + k]) if embs is not None else None
+        texts = M.text_scores([(r, p.get("prediction", "")) for p, r in pairs], self.embedder)
+        records, ex_ok = [], []
+        for (p, r), row in zip(pairs, texts.pop("per_pair")):
+            pe, _ = split_answer(p.get("prediction", ""))
+            ok = bool(pe) and M.normalize(pe) == M.normalize(split_answer(r)[0])
             ex_ok.append(ok)
-            met.append(m)
-            rl.append(rouge)
-            if c is not None:
-                cos.append(c)
-            records.append({"id": p["id"], "exercise_correct": ok, "meteor": m, "rouge_l": rouge, "cosine": c})
-        n = len(pairs) or 1
-        out = {
+            records.append({"id": p["id"], "exercise_correct": ok, **row})
+        return {
             "benchmark": self.name,
             "num_samples": len(pairs),
-            "exercise_accuracy": sum(ex_ok) / n,
-            "meteor": sum(met) / n,
-            "rouge_l": sum(rl) / n,
+            "exercise_accuracy": sum(ex_ok) / (len(pairs) or 1),
+            **texts,
             "records": records,
         }
-        if cos:
-            out["embedding_cosine"] = sum(cos) / len(cos)
-        return out
 
     def plot(self, results: dict, out_png: str | Path) -> Path:
-        keys = [k for k in ("exercise_accuracy", "meteor", "rouge_l", "embedding_cosine") if k in results]
+        keys = [
+            k
+            for k in ("exercise_accuracy", "meteor", "rouge_l", "bertscore", "embedding_similarity")
+            if isinstance(results.get(k), float)
+        ]
         return bars_png(keys, [results[k] for k in keys], out_png, "QEVD feedback")
