@@ -20,14 +20,20 @@ FPS = 8
 
 
 @pytest.fixture(scope="module")
-def predictor(tmp_path_factory, gemma270m_dir):
-    import gemma3.serve.inference as inf
+def model_dir(tmp_path_factory, gemma270m_dir):
     from gemma3.train import train as T
 
     root = tmp_path_factory.mktemp("stream_model")
     llm, clip, vm, data = make_custom_assets(root, gemma270m_dir, n=4)
     T.main(custom_train_args(llm, clip, vm, data, root / "out", stage="finetune", use_lora=True, max_steps=1))
-    return inf.load_predictor(str(root / "out"), generation=inf.GenerationConfig(max_new_tokens=3))
+    return root / "out"
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    import gemma3.serve.inference as inf
+
+    return inf.load_predictor(str(model_dir), generation=inf.GenerationConfig(max_new_tokens=3))
 
 
 @pytest.fixture(scope="module")
@@ -223,3 +229,20 @@ def test_native_gemma3_streams_through_the_same_loop(long_video, tmp_path, gemma
     summary = run_stream(pred, str(video), tmp_path / "native.jsonl", StreamConfig(window=2.0, stride=2.0))
     records = _read(tmp_path / "native.jsonl")
     assert summary["windows"] == 2 and all(r["input_tokens"] > 2 * pred.plugin.per_frame for r in records)
+
+
+def test_qevd_fit_coach_streams_each_long_video_then_scores(model_dir, long_video, tmp_path):
+    from fit_coach_layout import make_fit_coach
+
+    from gemma3.evaluation.evaluate import stream_model_then_evaluate
+
+    video, _ = long_video
+    spec = make_fit_coach(tmp_path / "coach", ("0000", "0001"), video_file=video)
+    cfg = StreamConfig(window=1.0, stride=1.0, batch_size=4)
+    res = stream_model_then_evaluate("qevd_fit_coach", model_dir, spec, tmp_path / "eval", cfg)
+    streams = {n: _read(tmp_path / "eval" / "streams" / f"{n}.jsonl") for n in ("0000", "0001")}
+    assert [len(r) for r in streams.values()] == [4, 4]  # a 4 s video in 1 s windows, each video streamed
+    assert res["num_samples"] == 2 and res["input"]["coverage"] == 1.0 and res["references"] == 4
+    again = stream_model_then_evaluate("qevd_fit_coach", model_dir, spec, tmp_path / "eval", cfg)
+    assert {n: _read(tmp_path / "eval" / "streams" / f"{n}.jsonl") for n in streams} == streams  # resumed, no rerun
+    assert again["temporal_f_score"] == res["temporal_f_score"]

@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+from tqdm import tqdm
+
 from gemma3.data.formats import load_annotations
 from gemma3.evaluation.benchmarks import get_benchmark
 from gemma3.evaluation.benchmarks.base import (
@@ -23,8 +25,10 @@ from gemma3.evaluation.benchmarks.base import (
     references_from_annotations,
     release_classes,
 )
+from gemma3.evaluation.benchmarks.qevd import stream_predictions
 from gemma3.evaluation.metrics import MiniLMEmbedder
 from gemma3.serve.inference import GenerationConfig, load_predictor, predict
+from gemma3.serve.stream import StreamConfig, run_stream
 from gemma3.utils.argtypes import positive_int
 
 logger = logging.getLogger("gemma3.evaluation.evaluate")
@@ -55,13 +59,15 @@ def evaluate(
     use_embeddings: bool = False,
     plot: bool = True,
     min_coverage: float = 0.99,
+    options: dict | None = None,
 ) -> dict:
     """Score a predictions file (or list) and write ``metrics.json`` + a PNG into ``output_dir``.
 
     The input is checked first and the findings go into the results (``input``): unreadable lines, ids written
     twice (the last record counts), records that failed, and with ``annotations`` the coverage (share of annotated
     samples that have a prediction). Below ``min_coverage`` (or with no prediction at all) it raises
-    `CoverageError` instead of scoring; ``min_coverage=0`` scores whatever is there.
+    `CoverageError` instead of scoring; ``min_coverage=0`` scores whatever is there. ``options``: the benchmark's
+    own settings (e.g. ``mode`` and ``bertscore_model`` of ``qevd_fit_coach``).
     """
     check: dict = {}
     preds = read_predictions(predictions, check) if not isinstance(predictions, list) else predictions
@@ -98,7 +104,7 @@ def evaluate(
     if embedder is None and use_embeddings:
         embedder = MiniLMEmbedder()
     kwargs["embedder"] = embedder
-    bench = get_benchmark(benchmark, **kwargs)
+    bench = get_benchmark(benchmark, **kwargs, **(options or {}))
     results = bench.score(preds, refs)
     results["input"] = check
     if output_dir is not None:
@@ -140,6 +146,30 @@ def run_model_then_evaluate(
     return evaluate(benchmark, preds, annotations=annotations, output_dir=out, **kw)
 
 
+def stream_model_then_evaluate(
+    benchmark: str,
+    model_path: str | Path,
+    annotations: str | Path,
+    output_dir: str | Path,
+    stream: StreamConfig | None = None,
+    dtype: str = "float32",
+    feedback_time: str = "end",
+    **kw,
+) -> dict:
+    """Stream every long video of ``annotations`` through the model (``<output_dir>/streams/<id>.jsonl``, each
+    resumable), then score the feedback it emitted."""
+    import torch
+
+    out = Path(output_dir)
+    predictor = load_predictor(model_path, dtype=getattr(torch, dtype),
+                               device="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
+    samples = load_annotations(annotations)
+    for sample in tqdm(samples, desc="stream", unit="video"):
+        run_stream(predictor, str(sample.media[0].path), out / "streams" / f"{sample.id}.jsonl", stream)
+    preds = stream_predictions(out / "streams", [str(s.id) for s in samples], feedback_time)
+    return evaluate(benchmark, preds, annotations=annotations, output_dir=out, **kw)
+
+
 def format_table(results: dict) -> str:
     rows = [(k, v) for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     for k, v in (results.get("per_task") or {}).items():
@@ -163,6 +193,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--media_root", default=None)
     ap.add_argument("--batch_size", type=positive_int, default=8)
     ap.add_argument("--num_frames", type=positive_int, default=None, help="override the model's saved frames")
+    coach = ap.add_argument_group("long videos (qevd_fit_coach)")
+    coach.add_argument("--streams", default=None, help="folder of <video id>.jsonl stream outputs to score")
+    coach.add_argument("--mode", default=None, choices=["single_exercise", "full_workout"],
+                       help="score each exercise segment (the official default) or whole workouts")  # fmt: skip
+    coach.add_argument("--tolerance", type=float, default=None, help="matching window in seconds (default 3.0)")
+    coach.add_argument("--feedback_time", default="end", choices=["end", "middle"],
+                       help="a window's feedback is timed at its end (when it could be spoken) or middle")  # fmt: skip
+    coach.add_argument("--window", type=float, default=4.0, help="stream window in seconds (with --model_path)")
+    coach.add_argument("--stride", type=float, default=2.0, help="stream stride in seconds (with --model_path)")
+    ap.add_argument("--bertscore_model", default=None,
+                    help="BERTScore model folder or cached id (default: roberta-large L17 if on disk)")  # fmt: skip
     ap.add_argument(
         "--min_coverage",
         type=float,
@@ -172,8 +213,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if not 0 <= args.min_coverage <= 1:
         ap.error(f"--min_coverage must be in [0, 1], got {args.min_coverage}")
+    options = {k: getattr(args, k) for k in ("mode", "tolerance", "bertscore_model") if getattr(args, k) is not None}
     common = dict(
-        classes=args.classes, synonyms=args.synonyms, use_embeddings=args.embeddings, min_coverage=args.min_coverage
+        classes=args.classes,
+        synonyms=args.synonyms,
+        use_embeddings=args.embeddings,
+        min_coverage=args.min_coverage,
+        options=options,
     )
     try:
         results = _run(ap, args, common)
@@ -186,6 +232,20 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _run(ap: argparse.ArgumentParser, args: argparse.Namespace, common: dict) -> dict:
+    if benchmark_class(args.benchmark).streams:
+        if not args.annotations:
+            ap.error(
+                f"--benchmark {args.benchmark} needs --annotations (the release, e.g. qevd_fit_coach:ROOT:benchmark)"
+            )
+        if args.model_path:
+            stream = StreamConfig(window=args.window, stride=args.stride)
+            return stream_model_then_evaluate(args.benchmark, args.model_path, args.annotations, args.output_dir,
+                                              stream, feedback_time=args.feedback_time, **common)  # fmt: skip
+        if not args.streams:
+            ap.error(f"--benchmark {args.benchmark} scores stream outputs: give --streams DIR or --model_path")
+        refs = references_from_annotations(args.annotations)
+        preds = stream_predictions(args.streams, list(refs), args.feedback_time)
+        return evaluate(args.benchmark, preds, args.annotations, output_dir=args.output_dir, **common)
     if args.model_path:
         if not args.annotations:
             ap.error("--model_path needs --annotations")

@@ -12,7 +12,8 @@ coaching sessions of QEVD-FIT-COACH, in the layouts the official FitCoach code r
   the per-frame string changes, as FitCoach's ``get_feedback_span`` builds them; each event's time is its
   timestamp minus the video's first frame time on the same clock (``npy[0] / 1e9 + 28800``, FitCoach's
   ``load_video_timestamps``), in seconds from the video start. The events travel in ``Sample.extra["events"]``
-  (``t``, ``text``, ``is_transition``); the reply lists the non-transition feedback in time order.
+  (``t``, ``text``, ``is_transition``), the exercise segments FitCoach's default evaluation scores in
+  ``Sample.extra["segments"]``; the reply lists the non-transition feedback in time order.
 """
 
 from __future__ import annotations
@@ -77,9 +78,16 @@ def feedback_spans(feedbacks: list[str]) -> list[tuple[str, int, int]]:
     return spans
 
 
-def coach_events(record: dict, timestamps_ns: np.ndarray, where: str) -> list[dict]:
-    """The feedback events of one QEVD-FIT-COACH record, in seconds from the video's first frame."""
-    spans = feedback_spans(record.get("feedbacks") or [])
+def coach_events(record: dict, timestamps_ns: np.ndarray, where: str) -> tuple[list[dict], list[dict]]:
+    """The feedback events and exercise segments of one QEVD-FIT-COACH record, in seconds from the first frame.
+
+    As FitCoach's ``load_fit_coach_dataset`` reads a record: "armcrosschest" is renamed "deltoid stretch" in the
+    per-frame strings; the spans between two transition feedbacks are one exercise (``single_exercise`` mode),
+    starting at the first frame of the first transition and ending halfway through the next one; a pair of
+    transitions with no feedback between them is no segment. Segments: ``exercise``, ``start``, ``end`` (seconds)
+    and ``events`` (indices of its feedback events)."""
+    feedbacks = [str(f).replace("armcrosschest", "deltoid stretch") for f in record.get("feedbacks") or []]
+    spans = feedback_spans(feedbacks)
     times = list(record.get("feedback_timestamps") or [])
     transitions = list(record.get("is_transition") or [False] * len(times))
     if len(spans) == len(times) + 1:  # FitCoach never flushes a span still running on the last frame
@@ -89,9 +97,22 @@ def coach_events(record: dict, timestamps_ns: np.ndarray, where: str) -> list[di
             f"{where}: {len(spans)} feedback spans, {len(times)} feedback_timestamps and {len(transitions)} "
             "is_transition entries; they must be one per span"
         )
+    if spans and spans[-1][2] >= len(timestamps_ns):
+        raise ReleaseError(f"{where}: feedbacks run to frame {spans[-1][2]}, the timestamps file has "
+                           f"{len(timestamps_ns)} frames")  # fmt: skip
+    frame_s = (np.asarray(timestamps_ns, dtype=np.float64) - float(timestamps_ns[0])) / 1e9  # [frames]
     start = float(timestamps_ns[0]) / 1e9 + CLOCK_OFFSET_S
-    return [{"t": round(float(t) - start, 3), "text": text, "is_transition": bool(tr)}
-            for (text, _, _), t, tr in zip(spans, times, transitions)]  # fmt: skip
+    events = [{"t": round(float(t) - start, 3), "text": text, "is_transition": bool(tr)}
+              for (text, _, _), t, tr in zip(spans, times, transitions)]  # fmt: skip
+    marks = [i for i, tr in enumerate(transitions) if tr]
+    segments = []
+    for a, b in zip(marks, marks[1:]):
+        if b - a > 1:
+            name = spans[a][0].replace("First up are ", "").replace("Moving on to ", "").replace("!", "")
+            end_frame = spans[b][1] + (spans[b][2] - spans[b][1]) // 2
+            segments.append({"exercise": name, "start": round(float(frame_s[spans[a][1]]), 3),
+                             "end": round(float(frame_s[end_frame]), 3), "events": list(range(a + 1, b))})  # fmt: skip
+    return events, segments
 
 
 @register_release
@@ -119,9 +140,9 @@ class QEVDFitCoach(ReleaseReader):
         return unique_ids(out, str(self))
 
     def to_sample(self, r: ReleaseRecord) -> Sample:
-        events = coach_events(r.extra["record"], np.load(r.files[0]), r.source)
+        events, segments = coach_events(r.extra["record"], np.load(r.files[0]), r.source)
         spoken = [e["text"] for e in events if not e["is_transition"]]
         messages = [{"role": "user", "content": f"<video>\n{self.prompt}"}]
         if spoken:
             messages.append({"role": "assistant", "content": "\n".join(spoken)})
-        return Sample(r.id, messages, (Media("video", r.media),), r.source, {"events": events})
+        return Sample(r.id, messages, (Media("video", r.media),), r.source, {"events": events, "segments": segments})
