@@ -34,9 +34,21 @@ _TAG_RE = re.compile("(" + "|".join(re.escape(t) for t in MEDIA_TAGS) + r")\n?")
 class MediaPlugin(Protocol):
     """Turns a sample into model tensors, and a list of those into a batch."""
 
+    def load_media(self, media: Media):
+        """One media item read and preprocessed, as ``encode`` takes it in ``media``."""
+        ...
+
     def encode(
-        self, sample: Sample, tokenizer, template: ChatTemplate | None, add_generation_prompt: bool = False
-    ) -> dict[str, torch.Tensor]: ...
+        self,
+        sample: Sample,
+        tokenizer,
+        template: ChatTemplate | None,
+        add_generation_prompt: bool = False,
+        media: list | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Tensors of one sample; ``media``: its media already read by ``load_media`` (one per ``sample.media``),
+        so variants of one prompt (candidate replies being ranked) read the video once."""
+        ...
 
     def collate(
         self, features: Sequence[dict[str, torch.Tensor]], padding_side: str = "right"
@@ -54,6 +66,19 @@ def pad_sequences(seqs: Sequence[torch.Tensor], value: int, side: str) -> torch.
             out[i, : len(s)] = s
         else:
             out[i, length - len(s) :] = s
+    return out
+
+
+def append_prompt_text(features: dict[str, torch.Tensor], ids: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Encoded generation-prompt ``features`` with ``ids`` appended (a reply's opening the model continues, as
+    MVBench's ``Best option:(``): unsupervised, and type id 0 (text) in the per-token tensors."""
+    extra = torch.tensor(list(ids), dtype=features["input_ids"].dtype)  # [P]
+    out = dict(features)
+    out["input_ids"] = torch.cat([features["input_ids"], extra])
+    out["labels"] = torch.cat([features["labels"], torch.full_like(extra, IGNORE_INDEX)])
+    for key in SEQUENCE_KEYS:
+        if key in features:
+            out[key] = torch.cat([features[key], torch.zeros(len(extra), dtype=features[key].dtype)])
     return out
 
 
@@ -106,15 +131,21 @@ class CustomModelPlugin:
         return preprocess_frames(read_image(media.path)[None], self.image_size, self.mean, self.std)[0]
 
     def encode(
-        self, sample: Sample, tokenizer, template: ChatTemplate, add_generation_prompt: bool = False
+        self,
+        sample: Sample,
+        tokenizer,
+        template: ChatTemplate,
+        add_generation_prompt: bool = False,
+        media: list | None = None,
     ) -> dict[str, torch.Tensor]:
         check_tags(sample)
         rendered = render_conversation(
             sample.messages, tokenizer, template, self.expander, add_generation_prompt, self.max_length
         )
         out = {"input_ids": torch.tensor(rendered.input_ids), "labels": torch.tensor(rendered.labels)}
-        videos = [self.load_media(m) for m in sample.media if m.kind == "video"]
-        images = [self.load_media(m) for m in sample.media if m.kind == "image"]
+        loaded = media if media is not None else [self.load_media(m) for m in sample.media]
+        videos = [x for m, x in zip(sample.media, loaded) if m.kind == "video"]
+        images = [x for m, x in zip(sample.media, loaded) if m.kind == "image"]
         if videos:
             out["pixel_values_videos"] = torch.stack(videos)  # [n_videos, T, 3, S, S]
         if images:
@@ -241,12 +272,15 @@ class NativeVLMPlugin:
         return labels
 
     # ---- protocol
-    def encode(self, sample, tokenizer=None, template=None, add_generation_prompt: bool = False) -> dict:
+    def encode(
+        self, sample, tokenizer=None, template=None, add_generation_prompt: bool = False, media: list | None = None
+    ) -> dict:
         """Tensors of one sample: ``input_ids`` / ``labels`` [L], per-token type ids [L], ``pixel_values``
         [n_images, ...] (and Gemma 4's ``image_position_ids``). ``tokenizer`` / ``template`` are unused (the
-        processor and its chat template are the model's own)."""
+        processor and its chat template are the model's own); ``media``: as in `MediaPlugin.encode`."""
         check_tags(sample)
-        images = [img for m in sample.media for img in self.load_media(m)]
+        loaded = media if media is not None else [self.load_media(m) for m in sample.media]
+        images = [img for frames in loaded for img in frames]
         messages = self.hf_messages(sample.messages, len(images))
         text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
         enc = self.processor(

@@ -22,6 +22,8 @@ class Sample:
     media: tuple[Media, ...] = ()
     source: str = ""  # "file:index", for error messages
     extra: dict = field(default_factory=dict)  # what scoring needs beyond the reply (a release's options, events)
+    # extra["reply_prefix"]: text a benchmark's protocol opens the reply with at inference (MVBench's
+    # "Best option:("); the model's reply is what it generates after it.
 
     @property
     def reference(self) -> str | None:

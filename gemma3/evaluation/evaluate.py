@@ -3,6 +3,8 @@
     python eval/evaluate.py --benchmark action_recognition --predictions preds.jsonl --classes classes.txt
     python eval/evaluate.py --benchmark mcq --predictions preds.jsonl --annotations mvbench.json
     python eval/evaluate.py --benchmark qevd --model_path outputs/finetune --annotations test.json --media_root data
+    python eval/evaluate.py --benchmark kinetics400 --model_path M --annotations kinetics400:ROOT:val
+    python eval/evaluate.py --benchmark mvbench --model_path M --annotations mvbench:ROOT
 
 Given ``--model_path`` (and ``--annotations``) it first runs batched inference (resumable) itself.
 """
@@ -60,6 +62,7 @@ def evaluate(
     plot: bool = True,
     min_coverage: float = 0.99,
     options: dict | None = None,
+    protocol: dict | None = None,
 ) -> dict:
     """Score a predictions file (or list) and write ``metrics.json`` + a PNG into ``output_dir``.
 
@@ -67,7 +70,8 @@ def evaluate(
     twice (the last record counts), records that failed, and with ``annotations`` the coverage (share of annotated
     samples that have a prediction). Below ``min_coverage`` (or with no prediction at all) it raises
     `CoverageError` instead of scoring; ``min_coverage=0`` scores whatever is there. ``options``: the benchmark's
-    own settings (e.g. ``mode`` and ``bertscore_model`` of ``qevd_fit_coach``).
+    own settings (e.g. ``mode`` and ``bertscore_model`` of ``qevd_fit_coach``); ``protocol``: how the predictions
+    were made (frames, sampling, ranking), kept in the results as ``protocol``.
     """
     check: dict = {}
     preds = read_predictions(predictions, check) if not isinstance(predictions, list) else predictions
@@ -107,6 +111,8 @@ def evaluate(
     bench = get_benchmark(benchmark, **kwargs, **(options or {}))
     results = bench.score(preds, refs)
     results["input"] = check
+    if protocol:
+        results["protocol"] = protocol
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -126,10 +132,13 @@ def run_model_then_evaluate(
     max_new_tokens: int = 64,
     num_frames: int | None = None,
     dtype: str = "float32",
+    ranking: bool = True,
     **kw,
 ) -> dict:
     """Generate predictions with batched inference (resumable; the model's saved frame processing unless
-    ``num_frames`` overrides it), then score them."""
+    ``num_frames`` overrides it), then score them. On a classification benchmark named like its release
+    (``kinetics400`` ...) each sample's class list is also ranked by log-likelihood unless ``ranking`` is off; the
+    results keep the frames, sampling and ranking used as ``protocol``."""
     import torch
 
     out = Path(output_dir)
@@ -142,8 +151,23 @@ def run_model_then_evaluate(
         generation=GenerationConfig(max_new_tokens=max_new_tokens),
         device="cuda" if torch.cuda.is_available() else "cpu",
     )
-    predict(predictor, load_annotations(annotations, media_root=media_root), preds, batch_size=batch_size)
-    return evaluate(benchmark, preds, annotations=annotations, output_dir=out, **kw)
+    rank = None
+    if ranking and benchmark_class(benchmark).ranks:
+        rank = load_classes(kw.get("classes")) or release_classes(annotations)
+        if not rank:
+            raise ValueError(f"--benchmark {benchmark}: ranking needs the class list (a release spec or --classes)")
+    samples = load_annotations(annotations, media_root=media_root)
+    predict(predictor, samples, preds, batch_size=batch_size, rank=rank)
+    proc = predictor.processing
+    protocol = {
+        "num_frames": getattr(proc, "num_frames", None),
+        "frame_sampling": getattr(proc, "frame_sampling", None),
+        "fps": getattr(proc, "fps", None),
+        "image_size": getattr(proc, "image_size", None),
+        "ranking": f"log-likelihood of each of the {len(rank)} class names as the reply" if rank else None,
+        "max_new_tokens": max_new_tokens,
+    }
+    return evaluate(benchmark, preds, annotations=annotations, output_dir=out, protocol=protocol, **kw)
 
 
 def stream_model_then_evaluate(
@@ -193,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--media_root", default=None)
     ap.add_argument("--batch_size", type=positive_int, default=8)
     ap.add_argument("--num_frames", type=positive_int, default=None, help="override the model's saved frames")
+    ap.add_argument("--no_ranking", action="store_true",
+                    help="classification: generation only (ranking scores every class name per clip)")  # fmt: skip
     coach = ap.add_argument_group("long videos (qevd_fit_coach)")
     coach.add_argument("--streams", default=None, help="folder of <video id>.jsonl stream outputs to score")
     coach.add_argument("--mode", default=None, choices=["single_exercise", "full_workout"],
@@ -257,6 +283,7 @@ def _run(ap: argparse.ArgumentParser, args: argparse.Namespace, common: dict) ->
             args.output_dir,
             args.batch_size,
             num_frames=args.num_frames,
+            ranking=not args.no_ranking,
             **common,
         )
     elif args.predictions:

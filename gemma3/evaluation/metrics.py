@@ -65,15 +65,6 @@ def mean_class_accuracy(pred: Sequence, ref: Sequence) -> float:
     return sum(c / n for c, n in per.values()) / len(per) if per else 0.0
 
 
-def topk_accuracy(scores: Sequence[Sequence[float]], ref_index: Sequence[int], k: int) -> float:
-    """Fraction of samples whose reference index is among the k highest scores."""
-    hits = 0
-    for s, r in zip(scores, ref_index):
-        top = sorted(range(len(s)), key=lambda i: -s[i])[:k]
-        hits += r in top
-    return hits / len(ref_index) if ref_index else 0.0
-
-
 def confusion(pred: Sequence, ref: Sequence, labels: Sequence) -> list[list[int]]:
     """Rows: reference label; columns: predicted label (an extra last column counts unmatched answers)."""
     idx = {c: i for i, c in enumerate(labels)}

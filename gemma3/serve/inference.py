@@ -31,6 +31,7 @@ import torch
 import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
 from gemma3.constants import DEFAULT_PROMPT, IGNORE_INDEX, VIDEO_EXTENSIONS, VIDEO_TAG
 from gemma3.data.formats import Media, Sample, is_release_spec, load_annotations
+from gemma3.data.plugins import append_prompt_text
 from gemma3.data.processing import resolve_processing
 from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION
 from gemma3.model.families import family_for_checkpoint
@@ -97,7 +98,12 @@ class Predictor:
         return getattr(self.tokenizer, "tokenizer", self.tokenizer)  # processors wrap a tokenizer
 
     def encode(self, sample) -> dict[str, torch.Tensor]:
-        return self.plugin.encode(sample, self.tokenizer, self.template, add_generation_prompt=True)
+        """A generation prompt's tensors; a ``reply_prefix`` in ``sample.extra`` opens the reply (see `Sample`)."""
+        feats = self.plugin.encode(sample, self.tokenizer, self.template, add_generation_prompt=True)
+        prefix = (getattr(sample, "extra", None) or {}).get("reply_prefix")
+        if prefix:
+            feats = append_prompt_text(feats, self.text_tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        return feats
 
     @torch.no_grad()
     def generate(
@@ -149,14 +155,22 @@ class Predictor:
         all_greedy.index_reduce_(0, rows, greedy.long(), "amin")
         return [(float(v), bool(g)) for v, g in zip(sums, all_greedy)]
 
-    def rank_candidates(self, sample, candidates: list[str]) -> list[float]:
-        """Log-likelihood of each candidate reply to the sample's prompt (for class / option ranking)."""
+    def rank_candidates(self, sample, candidates: list[str], batch_size: int = 16) -> list[float]:
+        """Log-likelihood of each candidate reply to the sample's prompt (class / option ranking): the media are
+        read once, the candidates scored ``batch_size`` at a time."""
         prompt, _ = split_reference(sample)
-        variants = [
-            dataclasses.replace(prompt, messages=[*prompt.messages, {"role": "assistant", "content": c}])
-            for c in candidates
-        ]
-        return [ll for ll, _ in self.loglikelihood(variants)]
+        media = [self.plugin.load_media(m) for m in prompt.media]
+        scores: list[float] = []
+        for start in range(0, len(candidates), batch_size):
+            feats = [
+                self.plugin.encode(
+                    dataclasses.replace(prompt, messages=[*prompt.messages, {"role": "assistant", "content": c}]),
+                    self.tokenizer, self.template, media=media,
+                )
+                for c in candidates[start : start + batch_size]
+            ]  # fmt: skip
+            scores += [ll for ll, _ in self.loglikelihood_encoded(feats)]
+        return scores
 
 
 def read_records_by_line(path: Path) -> list[tuple[str, dict | None]]:
@@ -227,10 +241,17 @@ def _batches(items: list, size: int) -> Iterable[list]:
 
 
 def predict(
-    predictor: Predictor, samples: list, output: str | Path, batch_size: int = 8, progress: bool = True
+    predictor: Predictor,
+    samples: list,
+    output: str | Path,
+    batch_size: int = 8,
+    progress: bool = True,
+    rank: list[str] | None = None,
 ) -> dict:
     """Generate for every sample not yet in ``output`` and append results batch by batch.
 
+    ``rank``: a class list; each record then also gets ``ranking``, the five classes of highest log-likelihood as
+    the reply (`Predictor.rank_candidates`), best first, for top-1 / top-5 by ranking.
     Returns counts and throughput: ``done``, ``skipped_existing``, ``errors``, ``new_tokens``, ``tokens_per_s``.
     """
 
@@ -243,10 +264,12 @@ def predict(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(output):
-        return _predict_locked(predictor, samples, output, batch_size, progress)
+        return _predict_locked(predictor, samples, output, batch_size, progress, rank)
 
 
-def _predict_locked(predictor: Predictor, samples: list, output: Path, batch_size: int, progress: bool) -> dict:
+def _predict_locked(
+    predictor: Predictor, samples: list, output: Path, batch_size: int, progress: bool, rank: list[str] | None
+) -> dict:
     from tqdm import tqdm
 
     # Repair a torn last line so appends start on a fresh line.
@@ -293,16 +316,18 @@ def _predict_locked(predictor: Predictor, samples: list, output: Path, batch_siz
             stats["seconds"] += dt
             stats["new_tokens"] += sum(counts)
             for (sample, reference), text, n in zip(kept, texts, counts):
-                records.append(
-                    {
-                        "id": sample.id,
-                        "prediction": text,
-                        "reference": reference,
-                        "new_tokens": n,
-                        "batch_seconds": round(dt, 4),
-                        **_where(sample),
-                    }
-                )
+                record = {
+                    "id": sample.id,
+                    "prediction": text,
+                    "reference": reference,
+                    "new_tokens": n,
+                    "batch_seconds": round(dt, 4),
+                    **_where(sample),
+                }
+                if rank:
+                    scores = predictor.rank_candidates(sample, rank)
+                    record["ranking"] = [rank[i] for i in sorted(range(len(rank)), key=lambda i: -scores[i])[:5]]
+                records.append(record)
         _append(output, records)
         stats["done"] += len(chunk)
         bar.update(len(chunk))

@@ -5,7 +5,8 @@
   candidate's text, ``start`` / ``end``) and the official task table of ``video_chat2/mvbench.ipynb`` (json file,
   video folder, video or frame folder, whether start / end bound the clip); clips under ``ROOT/video/<folder>`` or
   ``ROOT/<folder>``. The split is a task name (``all``: every task). The prompt is the notebook's: its system text,
-  ``Question: ...\\nOptions:\\n(A) ...`` and ``Only give the best option.``; the reply ``(C) <answer>``.
+  ``Question: ...\\nOptions:\\n(A) ...`` and ``Only give the best option.``; the reply ``(C) <answer>``, which
+  inference opens with the notebook's ``Best option:(`` (``extra["reply_prefix"]``).
 - ``nextqa``: ``ROOT/nextqa/{train,val,test}.csv`` (``video,frame_count,width,height,question,answer,qid,type,
   a0..a4``; ``answer`` indexes a0-a4) with ``map_vid_vidorID.json`` -> ``ROOT/NExTVideo/<folder>/<vidorid>.mp4``
   (or the flat ``NExTVideo/<video>.mp4`` re-packaging); the question and ``A. ...`` options as lmms-eval words them,
@@ -62,6 +63,7 @@ MVBENCH_SYSTEM = (
     "objects, and the action and pose of persons. Based on your observations, select the best option that "
     "accurately addresses the question."
 )
+MVBENCH_REPLY_PREFIX = "Best option:("  # the notebook's answer_prompt: inference opens the reply with it
 PERCEPTION_SUFFIX = "Answer with the option's letter from the given choices directly."
 
 
@@ -97,7 +99,8 @@ class MVBench(ReleaseReader):
                 if rec.get("answer") not in candidates:
                     raise ReleaseError(f"{where}: answer {rec.get('answer')!r} is not one of its candidates")
                 letter = LETTERS[candidates.index(rec["answer"])]
-                extra = {"task": task, "candidates": candidates, "answer_letter": letter, "data_type": kind}
+                extra = {"task": task, "candidates": candidates, "answer_letter": letter, "data_type": kind,
+                         "reply_prefix": MVBENCH_REPLY_PREFIX}  # fmt: skip
                 if bound:
                     extra.update(start=rec.get("start"), end=rec.get("end"))
                 out.append(ReleaseRecord(

@@ -1,4 +1,8 @@
-"""Kinetics-style action recognition: open answers matched to a class list; optional log-likelihood ranking."""
+"""Action recognition: open answers matched to a class list, and top-1 / top-5 by log-likelihood ranking.
+
+``action_recognition`` scores any annotation file against ``--classes``; ``kinetics400`` / ``kinetics600`` /
+``kinetics700`` / ``ssv2`` / ``ucf101`` / ``hmdb51`` are the same scoring named like the release formats
+(`gemma3.data.releases`), whose class lists they take."""
 
 from __future__ import annotations
 
@@ -55,28 +59,30 @@ class ActionRecognition(Benchmark):
             )
         ref_cls = [norm_classes.get(nr, nr) for nr in refs]
         pred_cls = [c if c is not None else "<unmatched>" for c in preds]
+        ranking = self.score_ranking(pairs) if any(p.get("ranking") for p, _ in pairs) else {}
         return {
             "benchmark": self.name,
             "num_samples": len(pairs),
             "top1_accuracy": M.accuracy(pred_cls, ref_cls),
             "mean_class_accuracy": M.mean_class_accuracy(pred_cls, ref_cls),
+            **ranking,
             "match_kinds": M.counts(how),
             "classes": classes,
             "confusion": M.confusion(pred_cls, ref_cls, classes),
             "records": records,
         }
 
-    def score_ranking(self, ranked: dict[str, list[float]], references: dict[str, str]) -> dict:
-        """Top-1 / top-5 from per-class scores (e.g. log-likelihoods), classes in ``self.classes`` order."""
-        classes = self.candidates()
-        norm = [M.normalize(c) for c in classes]
-        ids = [i for i in ranked if i in references]
-        ref_idx = [norm.index(M.normalize(references[i])) for i in ids]
-        scores = [ranked[i] for i in ids]
+    def score_ranking(self, pairs: list[tuple[dict, str]]) -> dict:
+        """Top-1 / top-5 by ranking: each prediction's ``ranking`` (classes by log-likelihood, best first, as
+        `gemma3.serve.inference.predict` writes it) against its reference; predictions without one are left out."""
+        ranked = [(p["ranking"], M.normalize(r)) for p, r in pairs if p.get("ranking")]
+        hits = [[M.normalize(c) for c in ranking].index(ref) if ref in map(M.normalize, ranking) else None
+                for ranking, ref in ranked]  # fmt: skip
+        n = len(hits)
         return {
-            "num_samples": len(ids),
-            "top1_accuracy": M.topk_accuracy(scores, ref_idx, 1),
-            "top5_accuracy": M.topk_accuracy(scores, ref_idx, 5),
+            "num_ranked": n,
+            "rank_top1_accuracy": sum(h == 0 for h in hits) / n if n else 0.0,
+            "rank_top5_accuracy": sum(h is not None and h < 5 for h in hits) / n if n else 0.0,
         }
 
     def plot(self, results: dict, out_png: str | Path) -> Path:
@@ -88,3 +94,15 @@ class ActionRecognition(Benchmark):
             out_png,
             f"{self.name}: top-1 {results['top1_accuracy']:.3f}",
         )
+
+
+class ReleaseActionRecognition(ActionRecognition):
+    """A classification benchmark named like its release format (``--annotations kinetics400:ROOT:val``): the class
+    list is the release's; top-1 by generation (the reply matched to a class) and, with ``--model_path``, top-1 /
+    top-5 by ranking every class name by its log-likelihood as the reply."""
+
+    ranks = True
+
+
+for _name in ("kinetics400", "kinetics600", "kinetics700", "ssv2", "ucf101", "hmdb51"):
+    register_benchmark(type(f"Release_{_name}", (ReleaseActionRecognition,), {"name": _name}))

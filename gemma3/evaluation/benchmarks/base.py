@@ -111,6 +111,7 @@ class Benchmark:
     name: ClassVar[str] = ""
     tag: ClassVar[str] = "<video>"
     takes_classes: ClassVar[bool] = False  # scored against a class list (``--classes``, ``--synonyms``)
+    ranks: ClassVar[bool] = False  # with --model_path its class list is also ranked by log-likelihood (top-1 / top-5)
     streams: ClassVar[bool] = False  # scores what a model said over long videos (stream outputs), not one reply each
 
     def load_samples(self, annotation_path: str | Path, media_root: str | Path | None = None) -> list[EvalSample]:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from gemma3.evaluation.benchmarks.action_recognition import ActionRecognition
+from gemma3.evaluation.benchmarks.action_recognition import ActionRecognition, ReleaseActionRecognition
 from gemma3.evaluation.benchmarks.base import register_benchmark
 
 
 @register_benchmark
 class ImageClassification(ActionRecognition):
     name = "image_classification"
+    tag = "<image>"
+
+
+@register_benchmark
+class OxfordPets(ReleaseActionRecognition):
+    """Oxford-IIIT Pet (``oxford_pets:ROOT:test``): the 37 breeds, by generation and by ranking."""
+
+    name = "oxford_pets"
     tag = "<image>"

@@ -26,14 +26,15 @@ def split_answer(text: str) -> tuple[str, str]:
 class QEVDFeedback(Benchmark):
     name = "qevd"
 
-    def __init__(self, embedder=None, **_) -> None:
+    def __init__(self, embedder=None, bertscore_model: str | None = None, **_) -> None:
         self.embedder = embedder
+        self.bertscore_model = bertscore_model
 
     def score(self, predictions: list[dict], references: dict | None = None) -> dict:
         """Exercise accuracy (the part before " - ") and the official text metrics of each reply against its
         reference (`metrics.text_scores`: METEOR, ROUGE-L, BERTScore where present, the stemmed variants)."""
         pairs = self.pair(predictions, references)
-        texts = M.text_scores([(r, p.get("prediction", "")) for p, r in pairs], self.embedder)
+        texts = M.text_scores([(r, p.get("prediction", "")) for p, r in pairs], self.embedder, self.bertscore_model)
         records, ex_ok = [], []
         for (p, r), row in zip(pairs, texts.pop("per_pair")):
             pe, _ = split_answer(p.get("prediction", ""))
@@ -55,6 +56,13 @@ class QEVDFeedback(Benchmark):
             if isinstance(results.get(k), float)
         ]
         return bars_png(keys, [results[k] for k in keys], out_png, "QEVD feedback")
+
+
+@register_benchmark
+class QEVDFit300K(QEVDFeedback):
+    """QEVD-FIT-300K short clips (``qevd_fit_300k:ROOT:test``): the ``qevd`` scoring against the release's labels."""
+
+    name = "qevd_fit_300k"
 
 
 @register_benchmark
