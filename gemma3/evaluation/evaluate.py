@@ -6,7 +6,8 @@
     python eval/evaluate.py --benchmark kinetics400 --model_path M --annotations kinetics400:ROOT:val
     python eval/evaluate.py --benchmark mvbench --model_path M --annotations mvbench:ROOT
 
-Given ``--model_path`` (and ``--annotations``) it first runs batched inference (resumable) itself.
+Given ``--model_path`` (and ``--annotations``) it first runs batched inference (resumable) itself; under
+``torchrun --nproc_per_node N`` the samples are sharded over the processes and the one that merges them scores.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from gemma3.evaluation.benchmarks.base import (
 )
 from gemma3.evaluation.benchmarks.qevd import stream_predictions
 from gemma3.evaluation.metrics import MiniLMEmbedder
-from gemma3.serve.inference import GenerationConfig, load_predictor, predict
+from gemma3.serve.inference import GenerationConfig, default_device, load_predictor, predict_sharded
 from gemma3.serve.stream import StreamConfig, run_stream
 from gemma3.utils.argtypes import positive_int
 
@@ -149,7 +150,7 @@ def run_model_then_evaluate(
         dtype=getattr(torch, dtype),
         num_frames=num_frames,
         generation=GenerationConfig(max_new_tokens=max_new_tokens),
-        device="cuda" if torch.cuda.is_available() else "cpu",
+        device=default_device(),
     )
     rank = None
     if ranking and benchmark_class(benchmark).ranks:
@@ -157,7 +158,10 @@ def run_model_then_evaluate(
         if not rank:
             raise ValueError(f"--benchmark {benchmark}: ranking needs the class list (a release spec or --classes)")
     samples = load_annotations(annotations, media_root=media_root)
-    predict(predictor, samples, preds, batch_size=batch_size, rank=rank)
+    shard = predict_sharded(predictor, samples, preds, batch_size=batch_size, rank=rank)
+    if shard["merged"] is None:  # under torchrun: the process that merges the shards scores them
+        logger.info("rank %d wrote its share; the process that merges the predictions scores them", shard["rank"])
+        return {"benchmark": benchmark, "rank": shard["rank"], "world_size": shard["world_size"], "scored": False}
     proc = predictor.processing
     protocol = {
         "num_frames": getattr(proc, "num_frames", None),
@@ -186,7 +190,7 @@ def stream_model_then_evaluate(
 
     out = Path(output_dir)
     predictor = load_predictor(model_path, dtype=getattr(torch, dtype),
-                               device="cuda" if torch.cuda.is_available() else "cpu")  # fmt: skip
+                               device=default_device())  # fmt: skip
     samples = load_annotations(annotations)
     for sample in tqdm(samples, desc="stream", unit="video"):
         run_stream(predictor, str(sample.media[0].path), out / "streams" / f"{sample.id}.jsonl", stream)
@@ -252,6 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
     except (CoverageError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
+    if results.get("scored") is False:
+        print(f"rank {results['rank']} of {results['world_size']}: predictions written; another process scores them")
+        return results
     print(format_table(results))
     print(f"metrics: {Path(args.output_dir) / 'metrics.json'}")
     return results

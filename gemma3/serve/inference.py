@@ -11,12 +11,15 @@ saved beside it (`gemma3.data.processing`); `predict` runs a predictor over samp
 Predictions are appended to a JSONL file one batch at a time (``id``, ``prediction``, ``reference``, timing);
 a restarted run skips the ids already written, so a killed run loses at most the batch in flight. A sample whose
 media cannot be read is written with an ``error`` field and an empty prediction (scored as wrong, never dropped).
+
+Under ``torchrun --nproc_per_node N`` each process (one GPU each, ``LOCAL_RANK``, or a CPU process) takes every Nth
+sample into its own resumable shard, and the last to finish merges them into ``--output``, each id once
+(`predict_sharded`, `gemma3.serve.prediction_files`).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -44,6 +47,19 @@ from gemma3.serve.decoding import (
     GenerationConfig,
     choose_decoder,
     prepare_for_decoding,
+)
+from gemma3.serve.prediction_files import (
+    append_records,
+    distributed_world,
+    done_ids,
+    drop_failed,
+    finished_ids,
+    merge_predictions,
+    output_lock,
+    prediction_sources,
+    read_records_by_line,
+    shard_file,
+    shard_folder,
 )
 from gemma3.utils.argtypes import positive_float, positive_int
 
@@ -173,68 +189,6 @@ class Predictor:
         return scores
 
 
-def read_records_by_line(path: Path) -> list[tuple[str, dict | None]]:
-    """Each line of a predictions file with its record (None for a torn or unreadable line)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            rec = None
-        out.append((line, rec if isinstance(rec, dict) else None))
-    return out
-
-
-def done_ids(lines: list[tuple[str, dict | None]]) -> set[str]:
-    """Ids written with a result (a torn line from a kill is ignored; records with an ``error`` field do not count:
-    they are retried)."""
-    return {str(rec["id"]) for _, rec in lines if rec is not None and "id" in rec and "error" not in rec}
-
-
-def _drop_failed(path: Path, lines: list[tuple[str, dict | None]], retry: set[str]) -> int:
-    """Rewrite ``path`` without the error records of ``retry`` ids (atomically), so a retried id is written once.
-    ``lines``: the file as `read_records_by_line` read it (it is not read again)."""
-    failed = [rec is not None and "error" in rec and str(rec.get("id")) in retry for _, rec in lines]
-    if not any(failed):
-        return 0
-    kept = [line for (line, rec), drop in zip(lines, failed) if rec is not None and not drop]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
-    return sum(failed)
-
-
-@contextlib.contextmanager
-def output_lock(path: Path):
-    """An exclusive lock on a predictions file: a second process writing the same file stops with a clear error
-    instead of interleaving records."""
-    import fcntl
-
-    lock = path.with_name(path.name + ".lock")
-    f = lock.open("w")
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise RuntimeError(
-                f"{path}: another inference process is writing this file (lock {lock}); wait for it or use another "
-                "--output"
-            ) from err
-        yield
-    finally:
-        f.close()
-
-
-def _append(path: Path, records: list[dict]) -> None:
-    with path.open("a") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _batches(items: list, size: int) -> Iterable[list]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -267,6 +221,50 @@ def predict(
         return _predict_locked(predictor, samples, output, batch_size, progress, rank)
 
 
+def predict_sharded(
+    predictor: Predictor,
+    samples: list,
+    output: str | Path,
+    batch_size: int = 8,
+    progress: bool = True,
+    rank: list[str] | None = None,
+    world: tuple[int, int] | None = None,
+) -> dict:
+    """`predict` as one of several processes (``world``: (rank, world size), default torchrun's environment; see
+    `gemma3.serve.prediction_files`): this process's share into its shard, then the merged ``output`` when every
+    id is written. A single process with no shards folder writes ``output`` directly, as `predict` does.
+
+    Returns `predict`'s counts for this process's share with ``rank``, ``world_size``, ``shard_total`` and
+    ``merged`` (the merge's counts, or None when other processes still have samples to write)."""
+    me, size = world or distributed_world()
+    output = Path(output)
+    if size == 1 and not shard_folder(output).exists():
+        stats = predict(predictor, samples, output, batch_size, progress, rank)
+        return {**stats, "rank": 0, "world_size": 1, "shard_total": len(samples), "merged": {"output": str(output)}}
+    ids = [str(s.id) for s in samples]
+    dup = sorted(i for i, n in Counter(ids).items() if n > 1)
+    if dup:
+        raise ValueError(f"{len(dup)} sample ids appear more than once (e.g. {dup[:3]}); ids must be unique")
+    mine = samples[me::size]
+    shard = shard_file(output, me, size)
+    elsewhere = finished_ids(p for p in prediction_sources(output) if p != shard)
+    todo = [s for s in mine if str(s.id) not in elsewhere]
+    logger.info("rank %d of %d: %d of the %d samples (%d written by other shards or runs) -> %s",
+                me, size, len(mine), len(samples), len(mine) - len(todo), shard)  # fmt: skip
+    stats = predict(predictor, todo, shard, batch_size, progress, rank)
+    merged = merge_predictions(ids, output)
+    if merged:
+        logger.info("rank %d merged %d records into %s", me, merged["records"], output)
+    return {**stats, "rank": me, "world_size": size, "shard_total": len(mine), "merged": merged}
+
+
+def default_device() -> str:
+    """cuda (this process's GPU, ``LOCAL_RANK``, under torchrun) when available, else cpu."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+
+
 def _predict_locked(
     predictor: Predictor, samples: list, output: Path, batch_size: int, progress: bool, rank: list[str] | None
 ) -> dict:
@@ -281,7 +279,7 @@ def _predict_locked(
     lines = read_records_by_line(output)
     done = done_ids(lines)
     todo = [s for s in samples if str(s.id) not in done]
-    retried = _drop_failed(output, lines, {str(s.id) for s in todo})
+    retried = drop_failed(output, lines, {str(s.id) for s in todo})
     if retried:
         logger.info("Retrying %d samples whose earlier attempt failed", retried)
     stats = {
@@ -328,7 +326,7 @@ def _predict_locked(
                     scores = predictor.rank_candidates(sample, rank)
                     record["ranking"] = [rank[i] for i in sorted(range(len(rank)), key=lambda i: -scores[i])[:5]]
                 records.append(record)
-        _append(output, records)
+        append_records(output, records)
         stats["done"] += len(chunk)
         bar.update(len(chunk))
         bar.set_postfix(tok_s=f"{stats['new_tokens'] / max(stats['seconds'], 1e-9):.1f}")
@@ -444,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
         if value and not Path(value).exists() and not is_release_spec(value):
             parser.error(f"--{flag} {value}: no such file or folder")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device or default_device()
     gen = GenerationConfig(
         args.max_new_tokens, args.do_sample, args.temperature, args.top_p, args.top_k, args.num_beams
     )
@@ -467,8 +465,11 @@ def main(argv: list[str] | None = None) -> dict:
         samples = samples_from_video_dir(args.video_dir, args.prompt)
     if args.limit:
         samples = samples[: args.limit]
-    stats = predict(predictor, samples, args.output, batch_size=args.batch_size)
-    logger.info("Done: %s", json.dumps(stats))
+    stats = predict_sharded(predictor, samples, args.output, batch_size=args.batch_size)
+    if stats["merged"] is None:
+        logger.info("rank %d done (%s); another process merges %s", stats["rank"], json.dumps(stats), args.output)
+    else:
+        logger.info("Done: %s", json.dumps(stats))
     return stats
 
 
