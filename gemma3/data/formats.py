@@ -7,13 +7,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gemma3.data.records import AnnotationError, check_tags, load_annotation_file, parse_record, read_records
+from gemma3.data.records import (
+    AnnotationError,
+    MediaRoots,
+    check_tags,
+    load_annotation_file,
+    parse_record,
+    read_records,
+)
 from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION, ReleaseError, load_release, parse_spec
 from gemma3.data.sample import Media, Sample
 
 __all__ = [
-    "AnnotationError", "Media", "ReleaseError", "Sample", "check_tags", "is_release_spec", "load_annotations",
-    "parse_record", "read_records",
+    "AnnotationError", "Media", "MediaRoots", "ReleaseError", "Sample", "check_tags", "is_release_spec",
+    "load_annotations", "parse_record", "read_records",
 ]  # fmt: skip
 
 
@@ -24,11 +31,12 @@ def is_release_spec(text: str | Path) -> bool:
 
 def load_annotations(
     path: str | Path,
-    media_root: str | Path | None = None,
+    media_root: str | Path | MediaRoots | None = None,
     frames_as_video: bool = True,
     max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
 ) -> list[Sample]:
-    """The samples of an annotation file (media paths against ``media_root``, default the file's folder) or of a
+    """The samples of an annotation file (media paths against ``media_root``: one folder or `MediaRoots` by kind;
+    default the file's folder) or of a
     ``FORMAT:ROOT[:SPLIT]`` release (media where the release keeps them; missing clips counted, and refused above
     ``max_missing_fraction``)."""
     spec = parse_spec(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from gemma3.constants import IMAGE_TAG, MEDIA_TAGS, VIDEO_TAG
@@ -37,9 +38,23 @@ class AnnotationError(ValueError):
     """A malformed annotation record; the message names the file, the sample index and the field."""
 
 
-def _resolve(path: str, media_root: str | Path | None) -> str:
+@dataclass(frozen=True)
+class MediaRoots:
+    """Media roots by kind (training's ``--image_folder`` and ``--video_folder``): images and frame files resolve
+    against ``image``, videos against ``video``; a kind without its own root takes the other one."""
+
+    image: str | Path | None = None
+    video: str | Path | None = None
+
+    def for_kind(self, kind: str) -> str | Path | None:
+        first, second = (self.video, self.image) if kind == "video" else (self.image, self.video)
+        return first if first is not None else second
+
+
+def _resolve(path: str, media_root: str | Path | MediaRoots | None, kind: str) -> str:
     p = Path(path)
-    return str(p if p.is_absolute() or media_root is None else Path(media_root) / p)
+    root = media_root.for_kind(kind) if isinstance(media_root, MediaRoots) else media_root
+    return str(p if p.is_absolute() or root is None else Path(root) / p)
 
 
 def _parse_llava(rec: dict, where: str, media_root) -> Sample:
@@ -58,7 +73,7 @@ def _parse_llava(rec: dict, where: str, media_root) -> Sample:
         if val is None:
             continue
         for p in [val] if isinstance(val, str) else list(val):
-            media.append(Media(kind, _resolve(p, media_root)))
+            media.append(Media(kind, _resolve(p, media_root, kind)))
     text = "".join(m["content"] for m in messages)
     if media and not any(t in text for t in MEDIA_TAGS):  # tag-less records: media go before the first question
         tags = "".join(f"<{m.kind}>\n" for m in media)
@@ -102,13 +117,13 @@ def _parse_messages(rec: dict, where: str, media_root, frames_as_video: bool) ->
                 src = item.get("image") or item.get("path") or item.get("url")
                 if not isinstance(src, str):
                     raise AnnotationError(f"{where}: messages[{j}].content[{k}] image item has no 'image' path")
-                frames.append(_resolve(src, media_root))
+                frames.append(_resolve(src, media_root, "image"))
             elif kind == "video":
                 _flush_frames(frames, parts, media, frames_as_video)
                 src = item.get("video") or item.get("path")
                 if not isinstance(src, str):
                     raise AnnotationError(f"{where}: messages[{j}].content[{k}] video item has no 'video' path")
-                media.append(Media("video", _resolve(src, media_root)))
+                media.append(Media("video", _resolve(src, media_root, "video")))
                 parts.append(VIDEO_TAG + "\n")
             elif kind == "text":
                 _flush_frames(frames, parts, media, frames_as_video)
@@ -158,10 +173,13 @@ def read_records(path: str | Path) -> list[dict]:
 
 
 def load_annotation_file(
-    path: str | Path, media_root: str | Path | None = None, frames_as_video: bool = True
+    path: str | Path, media_root: str | Path | MediaRoots | None = None, frames_as_video: bool = True
 ) -> list[Sample]:
-    """Parse an annotation file; media paths resolve against ``media_root`` (default: the file's folder)."""
+    """Parse an annotation file; media paths resolve against ``media_root`` (one folder, or `MediaRoots` by kind;
+    default: the file's folder)."""
     root = Path(path).parent if media_root is None else media_root
+    if isinstance(root, MediaRoots) and root.image is None and root.video is None:
+        root = Path(path).parent
     return [parse_record(r, f"{path}:{i}", root, frames_as_video) for i, r in enumerate(read_records(path))]
 
 

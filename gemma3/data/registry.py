@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from gemma3.data.records import MediaRoots
 from gemma3.data.releases import parse_spec
 
 
@@ -20,7 +21,7 @@ from gemma3.data.releases import parse_spec
 class DatasetSpec:
     name: str
     annotation_path: str
-    media_root: str | None = None
+    media_root: str | MediaRoots | None = None
 
 
 _REGISTRY: dict[str, DatasetSpec] = {}
@@ -53,7 +54,7 @@ def registered() -> dict[str, DatasetSpec]:
     return dict(_REGISTRY)
 
 
-def resolve_datasets(spec: str, media_root: str | None = None) -> list[DatasetSpec]:
+def resolve_datasets(spec: str, media_root: str | MediaRoots | None = None) -> list[DatasetSpec]:
     """``"a,b,path.json,kinetics400:/data/k400:train"`` -> specs: registered names as registered, dataset releases
     (``FORMAT:ROOT[:SPLIT]``) as given, other entries as annotation files.
 

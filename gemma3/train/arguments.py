@@ -65,8 +65,10 @@ class ModelArguments(VisualTokens):
 @dataclass
 class DataArguments:
     data_path: str = field(default="", metadata={"help": "annotation file(s), comma-separated, or dataset names"})
-    image_folder: str | None = field(default=None, metadata={"help": "media root for images / frames"})
-    video_folder: str | None = field(default=None, metadata={"help": "media root for videos (default image_folder)"})
+    image_folder: str | None = field(
+        default=None, metadata={"help": "media root for images and frame sequences (default: video_folder)"}
+    )
+    video_folder: str | None = field(default=None, metadata={"help": "media root for videos (default: image_folder)"})
     eval_data_path: str | None = field(default=None)
     max_length: int = field(default=2048)
     frame_sampling: str = field(default="uniform", metadata={"help": "uniform | fps"})
@@ -124,7 +126,17 @@ def expand_config(argv: list[str]) -> list[str]:
         if i + 1 >= len(argv):
             raise ValueError("--config needs a YAML file")
         argv = _yaml_to_argv(argv[i + 1]) + argv[:i] + argv[i + 2 :]
-    return argv
+    return _switch_off(argv, "--deepspeed")
+
+
+def _switch_off(argv: list[str], flag: str) -> list[str]:
+    """Drop every ``flag VALUE`` pair when the last one says ``none`` (``--deepspeed none`` on the command line turns
+    off a recipe's DeepSpeed config, which transformers would otherwise read as a file named "none")."""
+    at = [i for i, a in enumerate(argv[:-1]) if a == flag]
+    if not at or argv[at[-1] + 1].lower() not in ("none", ""):
+        return argv
+    drop = {j for i in at for j in (i, i + 1)}
+    return [a for j, a in enumerate(argv) if j not in drop]
 
 
 def argument_parser() -> HfArgumentParser:

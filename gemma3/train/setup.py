@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from gemma3.data.dataset import SupervisedDataset
-from gemma3.data.formats import load_annotations
+from gemma3.data.formats import MediaRoots, load_annotations
 from gemma3.data.processing import resolve_processing
 from gemma3.data.registry import resolve_datasets
 from gemma3.data.template import get_template
@@ -102,7 +102,8 @@ def build_datasets(data_args: DataArguments, plugin, tokenizer, template):
 
     def make(spec: str):
         samples = []
-        for ds in resolve_datasets(spec, media_root=data_args.video_folder or data_args.image_folder):
+        roots = MediaRoots(image=data_args.image_folder, video=data_args.video_folder)  # frames: --image_folder
+        for ds in resolve_datasets(spec, media_root=roots):
             samples += load_annotations(ds.annotation_path, ds.media_root,
                                         max_missing_fraction=data_args.max_missing_fraction)  # fmt: skip
         return SupervisedDataset(
