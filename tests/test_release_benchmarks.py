@@ -169,3 +169,37 @@ def _with_reply(prompt, reply: str):
     import dataclasses
 
     return dataclasses.replace(prompt, messages=[*prompt.messages, {"role": "assistant", "content": reply}])
+
+
+def test_lmms_docs_from_a_release(tmp_path):
+    from gemma3.evaluation.lmms_tasks.prepare import main as prepare_main
+    from gemma3.evaluation.lmms_tasks.utils import doc_to_choice, doc_to_visual
+
+    root = _kinetics_val(tmp_path / "k400")
+    paths = prepare_main(["--annotations", f"kinetics400:{root}:val", "--out", str(tmp_path / "lmms")])
+    docs = json.loads(paths["action"].read_text())
+    assert [d["answer_text"] for d in docs] == ["abseiling", "air drumming", "zumba"]
+    assert doc_to_choice(docs[2]) == ["abseiling", "air drumming", "zumba"] and docs[2]["answer"] == 2
+    assert doc_to_visual(docs[0]) == [str((root / "val" / "-abc000000_000000_000010.mp4").resolve())]
+    assert json.loads(paths["feedback"].read_text())[1]["answer"] == "air drumming"
+    assert doc_to_visual({"image": "/x/p.jpg"}) == ["/x/p.jpg"]
+    with pytest.raises(SystemExit, match="no such annotation file"):
+        prepare_main(["--annotations", str(tmp_path / "none.json"), "--out", str(tmp_path / "lmms")])
+
+
+def test_initialize_dataset_script_reports_each_release(tmp_path):
+    import subprocess
+
+    root = _kinetics_val(tmp_path / "k400")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "initialize_dataset.sh"
+    out = tmp_path / "reports"
+    run = subprocess.run(["bash", str(script), f"kinetics400:{root}:val", "--out", str(out)], capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = json.loads((out / "kinetics400_val.json").read_text())
+    assert report["total"] == 3 and report["num_bad_samples"] == 0
+    assert report["per_class"] == {"abseiling": 1, "air drumming": 1, "zumba": 1}
+    bad = subprocess.run(["bash", str(script), f"kinetics400:{root}:val", f"ucf101:{tmp_path / 'none'}", "--out",
+                          str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 1 and "ROOT is not a folder" in bad.stdout
+    assert (out / "ucf101_default.json").exists()

@@ -1,6 +1,7 @@
 """Write the documents of the project's lmms-eval tasks from a prepared dataset (annotations + classes.txt).
 
     python -m gemma3.evaluation.lmms_tasks.prepare --data_dir data/synthetic_actions [--split test] [--out data/lmms]
+    python -m gemma3.evaluation.lmms_tasks.prepare --annotations ucf101:/data/ucf101:test [--out data/lmms]
 
 - ``action.json``: ``{id, video, question, choices, answer, answer_text}`` for action recognition as multiple
   choice (``video_gemma_action_mc``) and as generation (``video_gemma_action_gen``); the class list is
@@ -19,6 +20,8 @@ from pathlib import Path
 
 from gemma3.constants import MEDIA_TAGS
 from gemma3.data.formats import load_annotations
+from gemma3.data.releases import parse_spec
+from gemma3.evaluation.benchmarks.base import release_classes
 from gemma3.evaluation.benchmarks.qevd import split_answer
 from gemma3.evaluation.metrics import normalize
 
@@ -33,48 +36,78 @@ def _question(sample) -> str:
     return text.strip()
 
 
-def prepare_lmms_docs(data_dir: str | Path, out: str | Path = "data/lmms", split: str = "test") -> dict[str, Path]:
-    """Write ``action.json`` and ``feedback.json`` for ``split``; returns their paths."""
+def prepare_lmms_docs(
+    data_dir: str | Path | None = None,
+    out: str | Path = "data/lmms",
+    split: str = "test",
+    annotations: str | Path | None = None,
+    classes: str | Path | None = None,
+) -> dict[str, Path]:
+    """Write ``action.json`` and ``feedback.json``; returns their paths.
 
-    data_dir, out = Path(data_dir), Path(out)
-    ann = data_dir / "annotations" / f"{split}.json"
-    classes_file = data_dir / "classes.txt"
-    if not ann.is_file():
-        raise FileNotFoundError(f"{ann}: no {split} annotations (prepare the dataset first)")
-    if not classes_file.is_file():
-        raise FileNotFoundError(f"{classes_file}: no class list")
-    classes = [c.strip() for c in classes_file.read_text().splitlines() if c.strip()]
-    norm = [normalize(c) for c in classes]
+    The samples: ``annotations`` (an annotation file, or a dataset release as ``FORMAT:ROOT[:SPLIT]``, e.g.
+    ``ucf101:/data/ucf101:test``) or a prepared ``data_dir``'s ``annotations/<split>.json``. The class list:
+    ``classes`` (one per line), else the release's own, else ``data_dir/classes.txt``; without one only the
+    feedback documents are written."""
+    out = Path(out)
+    if annotations is None:
+        if data_dir is None:
+            raise ValueError("give data_dir or annotations")
+        data_dir = Path(data_dir)
+        ann, media_root = data_dir / "annotations" / f"{split}.json", data_dir
+        if not ann.is_file():
+            raise FileNotFoundError(f"{ann}: no {split} annotations (prepare the dataset first)")
+        classes_file = Path(classes) if classes else data_dir / "classes.txt"
+        if not classes_file.is_file():
+            raise FileNotFoundError(f"{classes_file}: no class list")
+    else:
+        ann, media_root = annotations, None
+        if parse_spec(annotations) is None and not Path(annotations).is_file():
+            raise FileNotFoundError(f"{annotations}: no such annotation file or FORMAT:ROOT[:SPLIT] release")
+        classes_file = Path(classes) if classes else None
+    if classes_file is not None:
+        class_list = [c.strip() for c in classes_file.read_text().splitlines() if c.strip()]
+    else:
+        class_list = release_classes(ann) or []
+    norm = [normalize(c) for c in class_list]
     action, feedback = [], []
-    for s in load_annotations(ann, media_root=data_dir):
-        if len(s.media) != 1 or s.media[0].kind != "video" or s.reference is None:
-            raise ValueError(f"{ann}: sample {s.id}: needs exactly one video and a reference reply")
-        video = str(Path(str(s.media[0].path)).resolve())
-        label = split_answer(s.reference)[0]
-        if normalize(label) not in norm:
-            raise ValueError(f"{ann}: sample {s.id}: answer {label!r} is not in {classes_file}")
-        q = _question(s)
-        action.append(
-            {"id": s.id, "video": video, "question": q, "choices": classes, "answer": norm.index(normalize(label)),
-             "answer_text": label}
-        )  # fmt: skip
-        feedback.append({"id": s.id, "video": video, "question": q, "answer": s.reference})
+    for s in load_annotations(ann, media_root=media_root):
+        if len(s.media) != 1 or s.reference is None:
+            raise ValueError(f"{ann}: sample {s.id}: needs exactly one video or image and a reference reply")
+        media = s.media[0]
+        paths = [media.path] if isinstance(media.path, str) else list(media.path)
+        resolved = [str(Path(str(p)).resolve()) for p in paths]
+        doc = {"id": s.id, media.kind: resolved[0] if len(resolved) == 1 else resolved, "question": _question(s)}
+        if class_list:
+            label = split_answer(s.reference)[0]
+            if normalize(label) not in norm:
+                raise ValueError(f"{ann}: sample {s.id}: answer {label!r} is not in the class list")
+            action.append({**doc, "choices": class_list, "answer": norm.index(normalize(label)), "answer_text": label})
+        feedback.append({**doc, "answer": s.reference})
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"action": out / "action.json", "feedback": out / "feedback.json"}
-    paths["action"].write_text(json.dumps(action, indent=1))
+    paths = {"feedback": out / "feedback.json"}
+    if class_list:
+        paths["action"] = out / "action.json"
+        paths["action"].write_text(json.dumps(action, indent=1))
     paths["feedback"].write_text(json.dumps(feedback, indent=1))
-    logger.info("%d documents -> %s", len(action), ", ".join(str(p) for p in paths.values()))
+    logger.info("%d documents -> %s", len(feedback), ", ".join(str(p) for p in paths.values()))
     return paths
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data_dir", required=True, help="prepared dataset (annotations/<split>.json, classes.txt)")
-    ap.add_argument("--split", default="test")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data_dir", help="prepared dataset (annotations/<split>.json, classes.txt)")
+    src.add_argument("--annotations", help="annotation file, or a release as FORMAT:ROOT[:SPLIT]")
+    ap.add_argument("--classes", default=None, help="class list, one per line (default: the release's own)")
+    ap.add_argument("--split", default="test", help="with --data_dir: which annotations/<split>.json")
     ap.add_argument("--out", default="data/lmms", help="where the task YAMLs look (relative to the run directory)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return prepare_lmms_docs(args.data_dir, args.out, args.split)
+    try:
+        return prepare_lmms_docs(args.data_dir, args.out, args.split, args.annotations, args.classes)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
 
 
 if __name__ == "__main__":

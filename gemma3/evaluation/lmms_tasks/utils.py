@@ -9,8 +9,9 @@ from gemma3.evaluation.benchmarks.action_recognition import ActionRecognition
 from gemma3.evaluation.benchmarks.qevd import QEVDFeedback
 
 
-def doc_to_visual(doc: dict) -> list[str]:
-    return [doc["video"]]
+def doc_to_visual(doc: dict) -> list:
+    """The document's video (a file, or its frame files as a list) or image."""
+    return [doc["video"] if "video" in doc else doc["image"]]
 
 
 def doc_to_text(doc: dict) -> str:
