@@ -36,6 +36,10 @@ def test_cached_features_equal_encoding_and_are_computed_once(tmp_path):
         assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 6
         torch.testing.assert_close(model.get_video_features(videos), want_v, rtol=0, atol=1e-6)
         assert cache.stats()["hits"] == 4
+        # one new clip three times in a batch (candidates being ranked): encoded once
+        clip = torch.randn(4, 3, 32, 32)
+        same = model.get_video_features(torch.stack([clip, clip, clip]))
+        assert cache.stats()["misses"] == 7 and torch.equal(same[0], same[2])
 
         # kept on disk: a new cache over the same folder (a later run or stage) reads, encodes nothing
         model.feature_cache = again = FeatureCache(tmp_path / "cache")

@@ -142,7 +142,11 @@ def test_kinetics400_and_mvbench_from_their_releases_end_to_end(tmp_path, gemma2
     for line in (out / "predictions.jsonl").read_text().splitlines():
         rec = json.loads(line)
         sample = samples[rec["id"]]
+        calls: list[int] = []
+        hook = predictor.model.video_encoder.register_forward_hook(lambda m, i, o, seen=calls: seen.append(len(i[0])))
         chunked = predictor.rank_candidates(sample, classes, batch_size=2)
+        hook.remove()
+        assert calls == [1] and predictor.model.feature_cache is None  # the clip encoded once for 3 candidates
         prompt, _ = split_reference(sample)
         each = [predictor.loglikelihood([_with_reply(prompt, c)])[0][0] for c in classes]
         assert chunked == pytest.approx(each, abs=1e-4)
@@ -185,6 +189,31 @@ def test_lmms_docs_from_a_release(tmp_path):
     assert doc_to_visual({"image": "/x/p.jpg"}) == ["/x/p.jpg"]
     with pytest.raises(SystemExit, match="no such annotation file"):
         prepare_main(["--annotations", str(tmp_path / "none.json"), "--out", str(tmp_path / "lmms")])
+
+
+def test_max_missing_fraction_in_evaluation_and_lmms_docs(tmp_path, capsys):
+    """A copy missing a third of its clips is refused at the default limit and scored (or turned into lmms-eval
+    documents) on what is there when ``--max_missing_fraction`` allows it."""
+    from gemma3.evaluation.evaluate import main as eval_main
+    from gemma3.evaluation.lmms_tasks.prepare import main as prepare_main
+
+    root = _kinetics_val(tmp_path / "k400")
+    (root / "val" / "-abc000001_000010_000020.mp4").unlink()
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("".join(json.dumps({"id": i, "prediction": p}) + "\n" for i, p in
+                             [("-abc000000_000000_000010", "abseiling"), ("-abc000002_000020_000030", "air drumming")]))
+    args = ["--benchmark", "kinetics400", "--predictions", str(preds), "--annotations", f"kinetics400:{root}:val",
+            "--output_dir", str(tmp_path / "eval")]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        eval_main(args)
+    assert exit_info.value.code == 2 and "1 of 3 clips missing" in capsys.readouterr().err
+    results = eval_main([*args, "--max_missing_fraction", "0.5"])
+    assert results["num_samples"] == 2 and results["top1_accuracy"] == 0.5
+    lmms = ["--annotations", f"kinetics400:{root}:val", "--out", str(tmp_path / "lmms")]
+    with pytest.raises(SystemExit, match="over --max_missing_fraction 0.1"):
+        prepare_main(lmms)
+    docs = json.loads(prepare_main([*lmms, "--max_missing_fraction", "0.5"])["action"].read_text())
+    assert [d["answer_text"] for d in docs] == ["abseiling", "zumba"]
 
 
 def test_initialize_dataset_script_reports_each_release(tmp_path):

@@ -185,6 +185,18 @@ def test_qevd_fit_300k_clips_in_short_clips(tmp_path):
     assert test[0].extra["labels_descriptive"] == ["squats - knees caving!"]
 
 
+def test_qevd_fit_300k_splits_are_the_files_own_values(tmp_path):
+    root = tmp_path / "qevd"
+    recs = [{"video_path": f"./{i:08d}.mp4", "labels": ["squats - good form"], "split": s}
+            for i, s in enumerate(["train", "val", "val", "test"])]  # fmt: skip
+    write_json(root / "fine_grained_labels.json", recs)
+    for r in recs:
+        _touch(root / Path(r["video_path"]).name)
+    assert [s.id for s in load_release(f"qevd_fit_300k:{root}:val")] == ["00000001", "00000002"]
+    with pytest.raises(ReleaseError, match=r"'validation' is not one of the release's \['test', 'train', 'val'\]"):
+        load_release(f"qevd_fit_300k:{root}:validation")
+
+
 def test_feedback_spans_as_fitcoach_builds_them():
     frames = ["", "First up!", "First up!", "", "Knees out", "Knees out", "Deeper", "", ""]
     assert feedback_spans(frames) == [("First up!", 1, 2), ("Knees out", 4, 5), ("Deeper", 6, 6)]

@@ -110,6 +110,11 @@ def test_recipe3_states_seed002s_values():
     assert r["gradient_accumulation_steps"] == int(re.search(r"gradient_accumulation_steps=(\d+)", text)[1])
     assert "4-bit QLoRA" in text and r["bits"] == 4 and r["gradient_checkpointing"] is True
     assert r["lora_include_vision"] is True  # "Ensure LoRA targets span both language and vision towers"
+    # what the seed leaves open is stated, never left to a default the reader has to look up
+    for key in ("optim", "num_train_epochs", "lr_scheduler_type", "warmup_ratio", "bf16", "save_steps",
+                "dataloader_num_workers", "lora_dropout", "max_length"):  # fmt: skip
+        assert key in r, key
+    assert "deepspeed" not in r and "no DeepSpeed" in (RECIPES / "gemma4_qlora_pets.yaml").read_text()
 
 
 def _frame_records(folder: Path, n: int = 4) -> Path:

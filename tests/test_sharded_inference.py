@@ -134,3 +134,23 @@ def test_torchrun_two_cpu_processes_killed_and_restarted(tmp_path, gemma270m_dir
     assert {r["id"]: r["prediction"] for r in rows} == want  # the same replies as one process
     shard_rows = [r for p in sorted(shard_folder(out).glob("*.jsonl")) for _, r in read_records_by_line(p) if r]
     assert sorted(r["id"] for r in shard_rows) == sorted(ids)  # nothing generated twice across the two runs
+
+
+@pytest.mark.slow
+def test_evaluate_with_a_model_under_torchrun_scores_once(tmp_path, gemma270m_dir):
+    """``torchrun ... eval/evaluate.py --model_path M``: both processes predict their share, the one that merges the
+    shards scores them, and ``metrics.json`` counts every sample once."""
+    llm, clip, vm, data = make_custom_assets(tmp_path, gemma270m_dir, n=4)
+    model = save_custom_model(tmp_path / "model", llm, clip, vm)
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "eval/evaluate.py", "--benchmark", "qevd", "--model_path", str(model), "--annotations", str(data),
+           "--media_root", str(data.parent), "--output_dir", str(out), "--batch_size", "1"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "predictions written; another process scores them" in run.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 4 and metrics["input"]["coverage"] == 1.0
+    rows = _read(out / "predictions.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(r["id"] for r in json.loads(data.read_text()))

@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gemma3.data.formats import load_annotations
+from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION, ReleaseError
 from gemma3.evaluation.benchmarks import get_benchmark
 from gemma3.evaluation.benchmarks.base import (
     benchmark_class,
@@ -64,6 +65,7 @@ def evaluate(
     min_coverage: float = 0.99,
     options: dict | None = None,
     protocol: dict | None = None,
+    max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
 ) -> dict:
     """Score a predictions file (or list) and write ``metrics.json`` + a PNG into ``output_dir``.
 
@@ -72,11 +74,12 @@ def evaluate(
     samples that have a prediction). Below ``min_coverage`` (or with no prediction at all) it raises
     `CoverageError` instead of scoring; ``min_coverage=0`` scores whatever is there. ``options``: the benchmark's
     own settings (e.g. ``mode`` and ``bertscore_model`` of ``qevd_fit_coach``); ``protocol``: how the predictions
-    were made (frames, sampling, ranking), kept in the results as ``protocol``.
+    were made (frames, sampling, ranking), kept in the results as ``protocol``. ``max_missing_fraction``: with a
+    release spec as ``annotations``, the share of its clips that may be missing from disk (they are not scored).
     """
     check: dict = {}
     preds = read_predictions(predictions, check) if not isinstance(predictions, list) else predictions
-    refs = references_from_annotations(annotations) if annotations else None
+    refs = references_from_annotations(annotations, max_missing_fraction) if annotations else None
     check["num_predictions"] = len(preds)
     check["failed_records"] = sum(1 for p in preds if p.get("error"))
     if refs is not None:
@@ -157,7 +160,8 @@ def run_model_then_evaluate(
         rank = load_classes(kw.get("classes")) or release_classes(annotations)
         if not rank:
             raise ValueError(f"--benchmark {benchmark}: ranking needs the class list (a release spec or --classes)")
-    samples = load_annotations(annotations, media_root=media_root)
+    missing = kw.get("max_missing_fraction", DEFAULT_MAX_MISSING_FRACTION)
+    samples = load_annotations(annotations, media_root=media_root, max_missing_fraction=missing)
     shard = predict_sharded(predictor, samples, preds, batch_size=batch_size, rank=rank)
     if shard["merged"] is None:  # under torchrun: the process that merges the shards scores them
         logger.info("rank %d wrote its share; the process that merges the predictions scores them", shard["rank"])
@@ -191,7 +195,8 @@ def stream_model_then_evaluate(
     out = Path(output_dir)
     predictor = load_predictor(model_path, dtype=getattr(torch, dtype),
                                device=default_device())  # fmt: skip
-    samples = load_annotations(annotations)
+    missing = kw.get("max_missing_fraction", DEFAULT_MAX_MISSING_FRACTION)
+    samples = load_annotations(annotations, max_missing_fraction=missing)
     for sample in tqdm(samples, desc="stream", unit="video"):
         run_stream(predictor, str(sample.media[0].path), out / "streams" / f"{sample.id}.jsonl", stream)
     preds = stream_predictions(out / "streams", [str(s.id) for s in samples], feedback_time)
@@ -240,20 +245,29 @@ def main(argv: list[str] | None = None) -> dict:
         default=0.99,
         help="refuse to score when predictions cover less than this share of --annotations (0: score anything)",
     )
+    ap.add_argument(
+        "--max_missing_fraction",
+        type=float,
+        default=DEFAULT_MAX_MISSING_FRACTION,
+        help="with a release spec: the share of its clips that may be missing on disk (default 0.1)",
+    )
     args = ap.parse_args(argv)
     if not 0 <= args.min_coverage <= 1:
         ap.error(f"--min_coverage must be in [0, 1], got {args.min_coverage}")
+    if not 0 <= args.max_missing_fraction <= 1:
+        ap.error(f"--max_missing_fraction must be in [0, 1], got {args.max_missing_fraction}")
     options = {k: getattr(args, k) for k in ("mode", "tolerance", "bertscore_model") if getattr(args, k) is not None}
     common = dict(
         classes=args.classes,
         synonyms=args.synonyms,
         use_embeddings=args.embeddings,
         min_coverage=args.min_coverage,
+        max_missing_fraction=args.max_missing_fraction,
         options=options,
     )
     try:
         results = _run(ap, args, common)
-    except (CoverageError, FileNotFoundError) as err:
+    except (CoverageError, FileNotFoundError, ReleaseError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from err
     if results.get("scored") is False:
@@ -276,7 +290,7 @@ def _run(ap: argparse.ArgumentParser, args: argparse.Namespace, common: dict) ->
                                               stream, feedback_time=args.feedback_time, **common)  # fmt: skip
         if not args.streams:
             ap.error(f"--benchmark {args.benchmark} scores stream outputs: give --streams DIR or --model_path")
-        refs = references_from_annotations(args.annotations)
+        refs = references_from_annotations(args.annotations, args.max_missing_fraction)
         preds = stream_predictions(args.streams, list(refs), args.feedback_time)
         return evaluate(args.benchmark, preds, args.annotations, output_dir=args.output_dir, **common)
     if args.model_path:

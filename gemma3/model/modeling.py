@@ -168,14 +168,16 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
         if self._fingerprint is None or self._fingerprint[0] != versions:  # weights changed in place: re-hash
             self._fingerprint = (versions, weights_fingerprint(encoders))
         keys = [cache.key(x, f"{kind}:{self._fingerprint[1]}") for x in pixels]
-        found = [cache.get(k) for k in keys]
-        missing = [i for i, entry in enumerate(found) if entry is None]
+        first = {k: keys.index(k) for k in dict.fromkeys(keys)}  # one encode per distinct input in the batch
+        known = {k: cache.get(k) for k in first}
+        missing = [first[k] for k, entry in known.items() if entry is None]
         if missing:
             with torch.no_grad():
                 computed = encode(pixels[missing])
             for j, i in enumerate(missing):
-                found[i] = tuple(None if c is None else c[j] for c in computed)
-                cache.put(keys[i], found[i])
+                known[keys[i]] = tuple(None if c is None else c[j] for c in computed)
+                cache.put(keys[i], known[keys[i]])
+        found = [known[k] for k in keys]
         return tuple(
             None if found[0][n] is None else torch.stack([e[n] for e in found]).to(pixels.device)
             for n in range(len(found[0]))

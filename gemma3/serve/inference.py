@@ -20,6 +20,7 @@ sample into its own resumable shard, and the last to finish merges them into ``-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -40,6 +41,7 @@ from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION
 from gemma3.model.families import family_for_checkpoint
 from gemma3.model.fast_head import HEADS
 from gemma3.model.fast_linears import WEIGHTS
+from gemma3.model.feature_cache import FeatureCache
 from gemma3.serve.decoding import (
     DECODERS,
     Decoder,
@@ -177,16 +179,30 @@ class Predictor:
         prompt, _ = split_reference(sample)
         media = [self.plugin.load_media(m) for m in prompt.media]
         scores: list[float] = []
-        for start in range(0, len(candidates), batch_size):
-            feats = [
-                self.plugin.encode(
-                    dataclasses.replace(prompt, messages=[*prompt.messages, {"role": "assistant", "content": c}]),
-                    self.tokenizer, self.template, media=media,
-                )
-                for c in candidates[start : start + batch_size]
-            ]  # fmt: skip
-            scores += [ll for ll, _ in self.loglikelihood_encoded(feats)]
+        with self._encoders_once():
+            for start in range(0, len(candidates), batch_size):
+                feats = [
+                    self.plugin.encode(
+                        dataclasses.replace(prompt, messages=[*prompt.messages, {"role": "assistant", "content": c}]),
+                        self.tokenizer, self.template, media=media,
+                    )
+                    for c in candidates[start : start + batch_size]
+                ]  # fmt: skip
+                scores += [ll for ll, _ in self.loglikelihood_encoded(feats)]
         return scores
+
+    @contextlib.contextmanager
+    def _encoders_once(self):
+        """While ranking one sample's candidates: a custom model's encoders run once for its media (an in-memory
+        `FeatureCache`, used only while the encoders are frozen, as they are in a loaded predictor)."""
+        if not hasattr(self.model, "feature_cache") or self.model.feature_cache is not None:
+            yield
+            return
+        self.model.feature_cache = FeatureCache(max_bytes=1 << 30)
+        try:
+            yield
+        finally:
+            self.model.feature_cache = None
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
@@ -384,7 +400,7 @@ def load_predictor(
     plugin = family.plugin(model, tokenizer, processing)
     if device:
         model.to(device)
-    model.eval()
+    model.eval().requires_grad_(False)  # inference only (and a frozen encoder may reuse its features)
     stop_ids = family.stop_token_ids(config, tokenizer)
     return Predictor(
         model, tokenizer, plugin, family.template(config), generation, stop_ids, processing,

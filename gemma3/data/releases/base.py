@@ -108,15 +108,19 @@ class ReleaseReader:
         if not self.root.is_dir():
             raise ReleaseError(f"{self.name}:{self.root}: ROOT is not a folder")
         if not self.valid_split(self.split):
-            raise ReleaseError(f"{self.name}: split {self.split!r} is not one of the release's {list(self.splits)}")
+            raise ReleaseError(f"{self.name}: split {self.split!r} is not one of the release's {self.known_splits()}")
 
     def __str__(self) -> str:
         return f"{self.name}:{self.root}:{self.split}"
 
     # ---- what a layout implements
+    def known_splits(self) -> list[str]:
+        """The release's own split names (a layout whose annotation file names them reads them from there)."""
+        return list(self.splits)
+
     def valid_split(self, split: str) -> bool:
         """Whether ``split`` names a split of this release (its own names)."""
-        return split in self.splits
+        return split in self.known_splits()
 
     def records(self) -> list[ReleaseRecord]:
         """Every record of the split, media paths resolved (whether or not the file is there)."""

@@ -61,10 +61,17 @@ class QEVDFit300K(ReleaseReader):
             out.append(ReleaseRecord(clip.stem, str(clip), label="; ".join(labels) or None, source=where, extra=extra))
         return unique_ids(out, str(self))
 
-    def split_values(self) -> list[str]:
-        """The ``split`` values the file holds (the release's own split names)."""
-        path = self.require(self.root / "fine_grained_labels.json", "fine_grained_labels.json")
-        return sorted({str(r.get("split")) for r in json.loads(path.read_text()) if isinstance(r, dict)})
+    def known_splits(self) -> list[str]:
+        """The ``split`` values the labels file holds (the release's own split names); the documented ``train`` /
+        ``test`` while the file is not there (`records` then says it is missing)."""
+        path = self.root / "fine_grained_labels.json"
+        if not path.exists():
+            return list(self.splits)
+        try:
+            records = json.loads(path.read_text())
+            return sorted({str(r["split"]) for r in records if isinstance(r, dict) and "split" in r})
+        except json.JSONDecodeError as e:
+            raise ReleaseError(f"{path}: not valid JSON ({e})") from e
 
 
 def feedback_spans(feedbacks: list[str]) -> list[tuple[str, int, int]]:

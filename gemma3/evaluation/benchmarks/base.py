@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from gemma3.data.formats import load_annotations, parse_record, read_records
-from gemma3.data.releases import get_release, parse_spec
+from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION, get_release, parse_spec
 
 BENCHMARKS: dict[str, type[Benchmark]] = {}
 
@@ -70,11 +70,14 @@ def read_predictions(path: str | Path, report: dict | None = None) -> list[dict]
     return list(by_id.values())
 
 
-def references_from_annotations(path: str | Path) -> dict[str, dict]:
+def references_from_annotations(
+    path: str | Path, max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION
+) -> dict[str, dict]:
     """id -> {reference, question, media, extras} from an annotation file (either format, or MVBench-style) or a
-    ``FORMAT:ROOT[:SPLIT]`` release (its samples, with what the release records for scoring)."""
+    ``FORMAT:ROOT[:SPLIT]`` release (its samples whose media are on disk, with what the release records for scoring;
+    refused when more than ``max_missing_fraction`` of its clips are missing)."""
     if parse_spec(path) is not None:
-        return {s.id: _sample_reference(s) for s in load_annotations(path)}
+        return {s.id: _sample_reference(s) for s in load_annotations(path, max_missing_fraction=max_missing_fraction)}
     refs = {}
     for i, rec in enumerate(read_records(path)):
         rid = str(rec.get("id", i))

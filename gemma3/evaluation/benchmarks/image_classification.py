@@ -13,7 +13,7 @@ class ImageClassification(ActionRecognition):
 
 
 @register_benchmark
-class OxfordPets(ReleaseActionRecognition):
+class OxfordPetsBenchmark(ReleaseActionRecognition):
     """Oxford-IIIT Pet (``oxford_pets:ROOT:test``): the 37 breeds, by generation and by ranking."""
 
     name = "oxford_pets"

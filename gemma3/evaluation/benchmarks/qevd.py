@@ -59,14 +59,14 @@ class QEVDFeedback(Benchmark):
 
 
 @register_benchmark
-class QEVDFit300K(QEVDFeedback):
+class QEVDFit300KBenchmark(QEVDFeedback):
     """QEVD-FIT-300K short clips (``qevd_fit_300k:ROOT:test``): the ``qevd`` scoring against the release's labels."""
 
     name = "qevd_fit_300k"
 
 
 @register_benchmark
-class QEVDFitCoach(Benchmark):
+class QEVDFitCoachBenchmark(Benchmark):
     """QEVD-FIT-COACH as its official evaluation scores it (FitCoach ``InteractiveFeedbackEvaluator``): the
     feedback a model emitted over each long video (``events``: ``[{"t": seconds, "text"}]`` per video id, e.g. from
     `gemma3.serve.stream` outputs) matched in time to the release's feedback events (nearest only, < 1.5 s, order

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from gemma3.constants import MEDIA_TAGS
 from gemma3.data.formats import load_annotations
-from gemma3.data.releases import parse_spec
+from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION, parse_spec
 from gemma3.evaluation.benchmarks.base import release_classes
 from gemma3.evaluation.benchmarks.qevd import split_answer
 from gemma3.evaluation.metrics import normalize
@@ -42,13 +42,15 @@ def prepare_lmms_docs(
     split: str = "test",
     annotations: str | Path | None = None,
     classes: str | Path | None = None,
+    max_missing_fraction: float = DEFAULT_MAX_MISSING_FRACTION,
 ) -> dict[str, Path]:
     """Write ``action.json`` and ``feedback.json``; returns their paths.
 
     The samples: ``annotations`` (an annotation file, or a dataset release as ``FORMAT:ROOT[:SPLIT]``, e.g.
     ``ucf101:/data/ucf101:test``) or a prepared ``data_dir``'s ``annotations/<split>.json``. The class list:
     ``classes`` (one per line), else the release's own, else ``data_dir/classes.txt``; without one only the
-    feedback documents are written."""
+    feedback documents are written. ``max_missing_fraction``: the share of a release's clips that may be missing
+    on disk (they get no document)."""
     out = Path(out)
     if annotations is None:
         if data_dir is None:
@@ -71,7 +73,7 @@ def prepare_lmms_docs(
         class_list = release_classes(ann) or []
     norm = [normalize(c) for c in class_list]
     action, feedback = [], []
-    for s in load_annotations(ann, media_root=media_root):
+    for s in load_annotations(ann, media_root=media_root, max_missing_fraction=max_missing_fraction):
         if len(s.media) != 1 or s.reference is None:
             raise ValueError(f"{ann}: sample {s.id}: needs exactly one video or image and a reference reply")
         media = s.media[0]
@@ -101,11 +103,14 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     src.add_argument("--annotations", help="annotation file, or a release as FORMAT:ROOT[:SPLIT]")
     ap.add_argument("--classes", default=None, help="class list, one per line (default: the release's own)")
     ap.add_argument("--split", default="test", help="with --data_dir: which annotations/<split>.json")
+    ap.add_argument("--max_missing_fraction", type=float, default=DEFAULT_MAX_MISSING_FRACTION,
+                    help="with a release: the share of its clips that may be missing on disk")  # fmt: skip
     ap.add_argument("--out", default="data/lmms", help="where the task YAMLs look (relative to the run directory)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return prepare_lmms_docs(args.data_dir, args.out, args.split, args.annotations, args.classes)
+        return prepare_lmms_docs(args.data_dir, args.out, args.split, args.annotations, args.classes,
+                                 args.max_missing_fraction)
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
 
