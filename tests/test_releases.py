@@ -180,9 +180,12 @@ def test_qevd_fit_300k_clips_in_short_clips(tmp_path):
     for r in recs:
         _touch(root / "short_clips" / Path(r["video_path"]).name)
     test = load_release(f"qevd_fit_300k:{root}:test")
-    assert [(s.id, s.reference) for s in test] == [("00000000", "squats - knees caving"),
-                                                   ("00000002", "squats - shallow depth")]  # fmt: skip
-    assert test[0].extra["labels_descriptive"] == ["squats - knees caving!"]
+    assert [(s.id, s.reference) for s in test] == [("00000000", "squats - knees caving!"),
+                                                   ("00000002", "squats - shallow depth!")]  # fmt: skip
+    assert test[0].extra["labels"] == ["squats - knees caving"]  # what form accuracy compares
+    del recs[0]["labels_descriptive"]
+    write_json(root / "fine_grained_labels.json", recs)
+    assert load_release(f"qevd_fit_300k:{root}:test")[0].reference == "squats - knees caving"  # no sentence: the label
 
 
 def test_qevd_fit_300k_splits_are_the_files_own_values(tmp_path):

@@ -31,11 +31,13 @@ from gemma3.evaluation.benchmarks.base import (
 )
 from gemma3.evaluation.benchmarks.qevd import stream_predictions
 from gemma3.evaluation.metrics import MiniLMEmbedder
+from gemma3.serve.feedback import form_label_key
 from gemma3.serve.inference import GenerationConfig, default_device, load_predictor, predict_sharded
 from gemma3.serve.stream import StreamConfig, run_stream
 from gemma3.utils.argtypes import positive_int
 
 logger = logging.getLogger("gemma3.evaluation.evaluate")
+SPEAK_ON = {"action": None, "form": form_label_key}  # --speak_on: the key of `gemma3.serve.feedback.feedback_events`
 
 
 class CoverageError(ValueError):
@@ -186,20 +188,24 @@ def stream_model_then_evaluate(
     stream: StreamConfig | None = None,
     dtype: str = "float32",
     feedback_time: str = "end",
+    min_windows: int = 1,
+    key=None,
+    max_new_tokens: int = 64,
     **kw,
 ) -> dict:
     """Stream every long video of ``annotations`` through the model (``<output_dir>/streams/<id>.jsonl``, each
-    resumable), then score the feedback it emitted."""
+    resumable), then score the feedback it emitted (timed at ``feedback_time`` of the window that settles it after
+    ``min_windows`` windows; ``key``: what counts as a change, `gemma3.serve.feedback.feedback_events`)."""
     import torch
 
     out = Path(output_dir)
-    predictor = load_predictor(model_path, dtype=getattr(torch, dtype),
-                               device=default_device())  # fmt: skip
+    predictor = load_predictor(model_path, dtype=getattr(torch, dtype), device=default_device(),
+                               generation=GenerationConfig(max_new_tokens=max_new_tokens))  # fmt: skip
     missing = kw.get("max_missing_fraction", DEFAULT_MAX_MISSING_FRACTION)
     samples = load_annotations(annotations, max_missing_fraction=missing)
     for sample in tqdm(samples, desc="stream", unit="video"):
         run_stream(predictor, str(sample.media[0].path), out / "streams" / f"{sample.id}.jsonl", stream)
-    preds = stream_predictions(out / "streams", [str(s.id) for s in samples], feedback_time)
+    preds = stream_predictions(out / "streams", [str(s.id) for s in samples], feedback_time, min_windows, key)
     return evaluate(benchmark, preds, annotations=annotations, output_dir=out, **kw)
 
 
@@ -237,6 +243,9 @@ def main(argv: list[str] | None = None) -> dict:
                        help="a window's feedback is timed at its end (when it could be spoken) or middle")  # fmt: skip
     coach.add_argument("--window", type=float, default=4.0, help="stream window in seconds (with --model_path)")
     coach.add_argument("--stride", type=float, default=2.0, help="stream stride in seconds (with --model_path)")
+    coach.add_argument("--min_windows", type=int, default=1, help="consecutive windows that settle a change")
+    coach.add_argument("--speak_on", default="action", choices=list(SPEAK_ON),
+                       help="what makes a stream speak: a new action, or a new form label (the coach)")  # fmt: skip
     ap.add_argument("--bertscore_model", default=None,
                     help="BERTScore model folder or cached id (default: roberta-large L17 if on disk)")  # fmt: skip
     ap.add_argument(
@@ -287,11 +296,13 @@ def _run(ap: argparse.ArgumentParser, args: argparse.Namespace, common: dict) ->
         if args.model_path:
             stream = StreamConfig(window=args.window, stride=args.stride)
             return stream_model_then_evaluate(args.benchmark, args.model_path, args.annotations, args.output_dir,
-                                              stream, feedback_time=args.feedback_time, **common)  # fmt: skip
+                                              stream, feedback_time=args.feedback_time, min_windows=args.min_windows,
+                                              key=SPEAK_ON[args.speak_on], **common)  # fmt: skip
         if not args.streams:
             ap.error(f"--benchmark {args.benchmark} scores stream outputs: give --streams DIR or --model_path")
         refs = references_from_annotations(args.annotations, args.max_missing_fraction)
-        preds = stream_predictions(args.streams, list(refs), args.feedback_time)
+        preds = stream_predictions(args.streams, list(refs), args.feedback_time, args.min_windows,
+                                   SPEAK_ON[args.speak_on])  # fmt: skip
         return evaluate(args.benchmark, preds, args.annotations, output_dir=args.output_dir, **common)
     if args.model_path:
         if not args.annotations:

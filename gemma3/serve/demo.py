@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from gemma3.serve.feedback import feedback_events, stream_png
+from gemma3.serve.feedback import feedback_events, form_label_key, stream_png
 from gemma3.serve.inference import GenerationConfig, load_predictor
 from gemma3.serve.stream import DEFAULT_PROMPT, SourceError, StreamConfig, run_stream, summarize
 
@@ -71,7 +71,8 @@ class CoachSession:
 
     def _timeline(self, records: list[dict], path: Path) -> str:
 
-        return str(stream_png(records, [e.t for e in feedback_events(records)], path))
+        spoken = feedback_events(records, "end", 2, form_label_key)  # as the main job's coach speaks
+        return str(stream_png(records, [e.t for e in spoken], path))
 
     def analyze(self, video: str | None, window: float, stride: float, prompt: str) -> Iterator[View]:
         """Stream one clip; yields (status, action, feedback table, figures, timeline) after every window."""
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--num_frames", type=int, default=None, help="frames per window (default: the model's)")
     ap.add_argument("--max_new_tokens", type=int, default=32)
-    ap.add_argument("--window", type=float, default=4.0)
-    ap.add_argument("--stride", type=float, default=2.0)
+    ap.add_argument("--window", type=float, default=2.0, help="seconds (the main job's clips: 8 frames at 4 fps)")
+    ap.add_argument("--stride", type=float, default=0.5)
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--workdir", default=None, help="where the stream records go (default: a temporary folder)")
     args = ap.parse_args(argv)

@@ -4,10 +4,11 @@ over time. The timed evaluation (`gemma3.evaluation.timed`) scores these events;
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from gemma3.data import exercises as X
 from gemma3.utils.plotting import pyplot
 from gemma3.utils.text import normalize
 
@@ -19,26 +20,46 @@ class Event:
     label: str | None = None
 
 
-def feedback_events(records: Sequence[dict], when: str = "end", min_windows: int = 1) -> list[Event]:
-    """The feedback a stream emitted (`gemma3.serve.stream` JSONL records): an event whenever the action changes, at the
-    end (``when="end"``: when a live system could speak) or middle of the window that settles it. With
-    ``min_windows`` k > 1 a new action must be predicted by k consecutive windows first (a single window that
-    flickers to another action says nothing), and the event is timed at the k-th."""
+REST_LABEL = X.label(X.REST, X.REST_FORM)
+
+
+def form_label_key(record: dict) -> str | None:
+    """A stream window's key for a coach (`feedback_events`): the form label of its reply (the nearest phrasing
+    of the rendered coach's, `gemma3.data.exercises.label_of`), so a new wording of the same feedback says nothing;
+    ``""`` (silence) while the person rests; None for an empty reply."""
+    found = X.label_of(record.get("reply") or "")
+    if found is None:
+        return None
+    return "" if found == REST_LABEL else found
+
+
+def feedback_events(records: Sequence[dict], when: str = "end", min_windows: int = 1,
+                    key: Callable[[dict], str | None] | None = None) -> list[Event]:  # fmt: skip
+    """The feedback a stream emitted (`gemma3.serve.stream` JSONL records): an event whenever what the stream says
+    changes, at the end (``when="end"``: when a live system could speak) or middle of the window that settles it.
+    With ``min_windows`` k > 1 a change must be predicted by k consecutive windows first (a single window that
+    flickers says nothing), and the event is timed at the k-th.
+
+    ``key`` says what counts as a change: a window's key (default: its normalised action); ``None`` skips the
+    window (no answer), ``""`` is silence (nothing to say: once settled, the next key speaks even when it is the
+    one spoken before the silence)."""
     if when not in ("end", "middle"):
         raise ValueError(f"when={when!r}: end or middle")
     if min_windows < 1:
         raise ValueError(f"min_windows={min_windows}: at least 1")
+    key = key or (lambda r: normalize(r.get("action") or "") or None)
     events, spoken, run, count = [], None, None, 0
     for r in sorted(records, key=lambda r: r["start"]):
-        action = normalize(r.get("action") or "")
-        if not action:
+        k = key(r)
+        if k is None:
             continue
-        count = count + 1 if action == run else 1
-        run = action
-        if count == min_windows and action != spoken:
-            t = r["end"] if when == "end" else (r["start"] + r["end"]) / 2
-            events.append(Event(float(t), r.get("reply") or action, r.get("action")))
-            spoken = action
+        count = count + 1 if k == run else 1
+        run = k
+        if count == min_windows and k != spoken:
+            if k:
+                t = r["end"] if when == "end" else (r["start"] + r["end"]) / 2
+                events.append(Event(float(t), r.get("reply") or r.get("action") or "", r.get("action")))
+            spoken = k
     return events
 
 

@@ -39,11 +39,12 @@ import numpy as np
 from gemma3.constants import VIDEO_TAG
 from gemma3.data.formats import Media, Sample
 from gemma3.data.media import FrameArray, MediaError, list_frame_files, read_image
+from gemma3.data.releases.qevd import QEVDFit300K
 from gemma3.serve.inference import GenerationConfig, load_predictor
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_PROMPT = "Watch this exercise and give feedback on the form."
+DEFAULT_PROMPT = QEVDFit300K.prompt  # what the main job's coach is trained on (QEVD-FIT-300K's reader)
 NATIVE_MAX_SIDE = 896  # frames kept at most this size when the processor decides the size (Gemma 3's SigLIP input)
 
 

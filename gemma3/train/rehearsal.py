@@ -45,7 +45,9 @@ OVERRIDES = {
     "pretrain_steps": 1,
     "finetune_steps": 1,
     "clips_per_class": 2,
+    "coach_sessions": 0,
     "eval_batch": 4,
+    "max_new_tokens": 8,
 }
 
 

@@ -3,8 +3,9 @@ coaching sessions of QEVD-FIT-COACH, in the layouts the official FitCoach code r
 
 - ``qevd_fit_300k``: ``ROOT/fine_grained_labels.json``, a list of ``{video_path: "./00000009.mp4", labels:
   ["elbow plank - stopping early"], labels_descriptive: [...], split: "train" | "test"}``; clips beside it, in
-  ``ROOT/short_clips/``, or in the raw ``QEVD-FIT-300k-Part-N/`` folders. The reply is the labels
-  (``"<exercise> - <variation>"``), ``; ``-joined when a clip has several.
+  ``ROOT/short_clips/``, or in the raw ``QEVD-FIT-300k-Part-N/`` folders. The reply is what a coach says: the
+  descriptive labels (``"<exercise> - <feedback sentence>"``), else the labels (``"<exercise> - <variation>"``),
+  ``; ``-joined when a clip has several; ``Sample.extra`` keeps both lists (form accuracy compares ``labels``).
 - ``qevd_fit_coach``: one sample per long video of ``ROOT/QEVD-FIT-COACH/feedbacks_long_range.json`` (split
   ``train``) or ``ROOT/QEVD-FIT-COACH-Benchmark/feedbacks_long_range.json`` (split ``benchmark``): records with
   ``long_range_video_file``, ``video_timestamps`` (a per-frame ``*_timestamps.npy``, UNIX nanoseconds), ``feedbacks``
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -36,6 +38,7 @@ class QEVDFit300K(ReleaseReader):
 
     names = ("qevd_fit_300k",)
     splits = ("test", "train")
+    reply_sentences: ClassVar[bool] = True  # the coach's sentence as the reply (else the label)
     prompt = "What exercise is being performed, and what does the form show? Answer as '<exercise> - <feedback>'."
 
     def _clip(self, video_path: str) -> Path:
@@ -53,12 +56,11 @@ class QEVDFit300K(ReleaseReader):
                 raise ReleaseError(f"{where}: record has no 'video_path'")
             if rec.get("split") != self.split:
                 continue
-            labels = rec.get("labels") or []
-            if isinstance(labels, str):
-                labels = [labels]
+            labels, descriptive = _strings(rec.get("labels")), _strings(rec.get("labels_descriptive"))
             clip = self._clip(rec["video_path"])
-            extra = {"labels": labels, "labels_descriptive": rec.get("labels_descriptive")}
-            out.append(ReleaseRecord(clip.stem, str(clip), label="; ".join(labels) or None, source=where, extra=extra))
+            extra = {"labels": labels, "labels_descriptive": descriptive}
+            reply = "; ".join((descriptive if self.reply_sentences else []) or labels) or None
+            out.append(ReleaseRecord(clip.stem, str(clip), label=reply, source=where, extra=extra))
         return unique_ids(out, str(self))
 
     def known_splits(self) -> list[str]:
@@ -72,6 +74,23 @@ class QEVDFit300K(ReleaseReader):
             return sorted({str(r["split"]) for r in records if isinstance(r, dict) and "split" in r})
         except json.JSONDecodeError as e:
             raise ReleaseError(f"{path}: not valid JSON ({e})") from e
+
+
+@register_release
+class QEVDFit300KLabels(QEVDFit300K):
+    """The same clips answered with their labels (``"squats - knees caving in"``) instead of the coach's sentence:
+    short replies whose every token depends on the video (the main job pretrains its visual path on them)."""
+
+    names = ("qevd_fit_300k_labels",)
+    reply_sentences = False
+    prompt = "Which exercise is this, and what is the form? Answer as '<exercise> - <form>'."
+
+
+def _strings(value) -> list[str]:
+    """A label field as a list of strings (one string, a list, or nothing)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 def feedback_spans(feedbacks: list[str]) -> list[tuple[str, int, int]]:

@@ -22,6 +22,24 @@ def split_answer(text: str) -> tuple[str, str]:
     return (head.strip(), tail.strip()) if sep else (text.strip(), "")
 
 
+def phrase_bank(references: dict[str, dict]) -> dict[str, str]:
+    """Every feedback sentence of the references -> its form label (QEVD-FIT-300K's ``labels_descriptive`` and
+    ``labels``, paired in order); empty when the references carry no labels."""
+    bank = {}
+    for ref in references.values():
+        for sentence, label in zip(ref.get("labels_descriptive") or [], ref.get("labels") or []):
+            bank.setdefault(str(sentence), str(label))
+    return bank
+
+
+def nearest_label(reply: str, bank: dict[str, str]) -> str | None:
+    """The form label of the bank's sentence nearest to ``reply`` by the official ROUGE-L (None for an empty
+    reply): a reply worded like any phrasing of a label counts as that label."""
+    if not reply.strip() or not bank:
+        return None
+    return bank[max(bank, key=lambda sentence: M.rouge_l(reply, sentence))]
+
+
 @register_benchmark
 class QEVDFeedback(Benchmark):
     name = "qevd"
@@ -32,27 +50,44 @@ class QEVDFeedback(Benchmark):
 
     def score(self, predictions: list[dict], references: dict | None = None) -> dict:
         """Exercise accuracy (the part before " - ") and the official text metrics of each reply against its
-        reference (`metrics.text_scores`: METEOR, ROUGE-L, BERTScore where present, the stemmed variants)."""
+        reference (`metrics.text_scores`: METEOR, ROUGE-L, BERTScore where present, the stemmed variants).
+
+        Where the references carry form labels (QEVD-FIT-300K's ``labels`` beside ``labels_descriptive``) also
+        ``form_accuracy`` (the reply's nearest reference sentence, `nearest_label`, has one of the clip's labels)
+        and ``baseline``: the same metrics for copying the most frequent reference sentence to every clip."""
         pairs = self.pair(predictions, references)
-        texts = M.text_scores([(r, p.get("prediction", "")) for p, r in pairs], self.embedder, self.bertscore_model)
-        records, ex_ok = [], []
-        for (p, r), row in zip(pairs, texts.pop("per_pair")):
-            pe, _ = split_answer(p.get("prediction", ""))
+        results = self._scores([(p["id"], p.get("prediction", ""), r) for p, r in pairs], references or {})
+        bank = phrase_bank(references or {})
+        if bank and pairs:
+            counts = M.counts([r for _, r in pairs])
+            frequent = max(counts, key=lambda text: (counts[text], text))
+            base = self._scores([(p["id"], frequent, r) for p, r in pairs], references or {})
+            results["baseline"] = {"reply": frequent, **{k: v for k, v in base.items() if k != "records"}}
+        return {"benchmark": self.name, **results}
+
+    def _scores(self, rows: list[tuple[str, str, str]], references: dict) -> dict:
+        texts = M.text_scores([(r, reply) for _, reply, r in rows], self.embedder, self.bertscore_model)
+        bank = phrase_bank(references)
+        records, ex_ok, form_ok = [], [], []
+        for (pid, reply, r), row in zip(rows, texts.pop("per_pair")):
+            pe, _ = split_answer(reply)
             ok = bool(pe) and M.normalize(pe) == M.normalize(split_answer(r)[0])
             ex_ok.append(ok)
-            records.append({"id": p["id"], "exercise_correct": ok, **row})
-        return {
-            "benchmark": self.name,
-            "num_samples": len(pairs),
-            "exercise_accuracy": sum(ex_ok) / (len(pairs) or 1),
-            **texts,
-            "records": records,
-        }
+            record = {"id": pid, "exercise_correct": ok, **row}
+            if bank:
+                record["label"] = nearest_label(reply, bank)
+                form_ok.append(record["label"] in (references.get(str(pid)) or {}).get("labels", []))
+                record["form_correct"] = form_ok[-1]
+            records.append(record)
+        out = {"num_samples": len(rows), "exercise_accuracy": sum(ex_ok) / (len(rows) or 1), **texts}
+        if bank:
+            out["form_accuracy"] = sum(form_ok) / (len(rows) or 1)
+        return {**out, "records": records}
 
     def plot(self, results: dict, out_png: str | Path) -> Path:
         keys = [
             k
-            for k in ("exercise_accuracy", "meteor", "rouge_l", "bertscore", "embedding_similarity")
+            for k in ("exercise_accuracy", "form_accuracy", "meteor", "rouge_l", "bertscore", "embedding_similarity")
             if isinstance(results.get(k), float)
         ]
         return bars_png(keys, [results[k] for k in keys], out_png, "QEVD feedback")
@@ -138,9 +173,11 @@ class QEVDFitCoachBenchmark(Benchmark):
         return bars_png(keys, [results[k] for k in keys], out_png, f"QEVD-FIT-COACH ({results['mode']})")
 
 
-def stream_predictions(streams: str | Path, ids: list[str], when: str = "end", min_windows: int = 1) -> list[dict]:
+def stream_predictions(streams: str | Path, ids: list[str], when: str = "end", min_windows: int = 1,
+                       key=None) -> list[dict]:  # fmt: skip
     """Prediction records (``id``, ``events``) from the stream outputs ``<streams>/<id>.jsonl`` that exist (the
-    coverage check then counts the videos without one; scored anyway, they are silent)."""
+    coverage check then counts the videos without one; scored anyway, they are silent). ``when``, ``min_windows``
+    and ``key``: when a stream speaks (`gemma3.serve.feedback.feedback_events`)."""
     out = []
     for vid in ids:
         path = Path(streams) / f"{vid}.jsonl"
@@ -153,6 +190,6 @@ def stream_predictions(streams: str | Path, ids: list[str], when: str = "end", m
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 logger.warning("%s:%d: unreadable stream record skipped", path, n)
-        events = feedback_events(records, when, min_windows)
+        events = feedback_events(records, when, min_windows, key)
         out.append({"id": vid, "events": [{"t": e.t, "text": e.text} for e in events], "prediction": ""})
     return out
