@@ -20,12 +20,12 @@ nearest form label (``"<exercise> - <form>"``, QEVD's ``labels``) for the form-e
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from gemma3.utils.text import normalize
+from gemma3.utils.text import nearest, normalize
 
 GOOD = "good form"
 # exercise -> its forms: correct form first, then the named errors
@@ -37,7 +37,6 @@ FORMS: dict[str, tuple[str, ...]] = {
     "plank": (GOOD, "hips sagging", "hips too high"),
 }
 EXERCISES = tuple(FORMS)
-DYNAMIC = ("squats", "push-ups", "jumping jacks", "lunges")  # repetitions; a plank is held
 # Standing between two exercises: a label of its own, so a stream can tell "nothing to say" from an exercise (the
 # coach is silent while it lasts).
 REST, REST_FORM = "rest", "getting ready"
@@ -131,9 +130,9 @@ def label(exercise: str, form: str) -> str:
     return f"{exercise} - {form}"
 
 
-def all_labels(rest: bool = True) -> list[str]:
+def all_labels() -> list[str]:
     """Every (exercise, form) label, exercises in order, correct form first; the rest label last."""
-    return [label(e, f) for e, forms in FORMS.items() for f in forms] + ([label(REST, REST_FORM)] if rest else [])
+    return [label(e, f) for e, forms in FORMS.items() for f in forms] + [label(REST, REST_FORM)]
 
 
 def feedback(exercise: str, form: str, rng: np.random.Generator) -> str:
@@ -147,7 +146,7 @@ def _tokens(text: str) -> list[str]:
     return normalize(text).split()
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
+def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
     row = [0] * (len(b) + 1)
     for x in a:
         prev = 0
@@ -156,21 +155,25 @@ def _lcs(a: list[str], b: list[str]) -> int:
     return row[-1]
 
 
+def _lcs_f(a: Sequence[str], b: Sequence[str]) -> float:
+    """LCS F-measure of two word lists (ROUGE-L's, equal weights)."""
+    return 2 * _lcs(a, b) / (len(a) + len(b))
+
+
+# every phrasing, as normalised words, -> its form label (tokenised once: label_of runs for every stream window)
+_PHRASE_WORDS: dict[tuple[str, ...], str] = {}
+for (_exercise, _form), _options in PHRASES.items():
+    for _option in _options:
+        _PHRASE_WORDS.setdefault(tuple(_tokens(f"{_exercise} - {_option}")), label(_exercise, _form))
+
+
 def label_of(reply: str) -> str | None:
     """The form label (``"<exercise> - <form>"``) whose phrasing is nearest to ``reply``: an exact phrasing, else the
     highest LCS F-measure over the normalised words (ROUGE-L's); None for an empty reply."""
-    words = _tokens(reply)
+    words = tuple(_tokens(reply))
     if not words:
         return None
-    best, best_f = None, -1.0
-    for (exercise, form), options in PHRASES.items():
-        for option in options:
-            ref = _tokens(f"{exercise} - {option}")
-            common = _lcs(words, ref)
-            f = 2 * common / (len(words) + len(ref))
-            if f > best_f:
-                best, best_f = label(exercise, form), f
-    return best
+    return nearest(words, _PHRASE_WORDS, _lcs_f)
 
 
 # ---------------------------------------------------------------- the figure

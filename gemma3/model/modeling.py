@@ -168,7 +168,9 @@ class VideoGemmaForCausalLM(VideoGemmaPreTrainedModel, GenerationMixin):
         if self._fingerprint is None or self._fingerprint[0] != versions:  # weights changed in place: re-hash
             self._fingerprint = (versions, weights_fingerprint(encoders))
         keys = [cache.key(x, f"{kind}:{self._fingerprint[1]}") for x in pixels]
-        first = {k: keys.index(k) for k in dict.fromkeys(keys)}  # one encode per distinct input in the batch
+        first: dict[str, int] = {}  # one encode per distinct input in the batch: its first position
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
         known = {k: cache.get(k) for k in first}
         missing = [first[k] for k, entry in known.items() if entry is None]
         if missing:

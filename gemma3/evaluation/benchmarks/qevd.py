@@ -12,6 +12,7 @@ from gemma3.evaluation.benchmarks.base import Benchmark, register_benchmark
 from gemma3.evaluation.plots import bars_png
 from gemma3.evaluation.timed import DEFAULT_TOLERANCE, events_from, temporal_scores
 from gemma3.serve.feedback import Event, feedback_events
+from gemma3.utils.text import nearest
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def nearest_label(reply: str, bank: dict[str, str]) -> str | None:
     reply): a reply worded like any phrasing of a label counts as that label."""
     if not reply.strip() or not bank:
         return None
-    return bank[max(bank, key=lambda sentence: M.rouge_l(reply, sentence))]
+    return nearest(reply, bank, M.rouge_l)
 
 
 @register_benchmark
@@ -56,18 +57,19 @@ class QEVDFeedback(Benchmark):
         ``form_accuracy`` (the reply's nearest reference sentence, `nearest_label`, has one of the clip's labels)
         and ``baseline``: the same metrics for copying the most frequent reference sentence to every clip."""
         pairs = self.pair(predictions, references)
-        results = self._scores([(p["id"], p.get("prediction", ""), r) for p, r in pairs], references or {})
-        bank = phrase_bank(references or {})
+        references = references or {}
+        bank = phrase_bank(references)
+        results = self._scores([(p["id"], p.get("prediction", ""), r) for p, r in pairs], references, bank)
         if bank and pairs:
             counts = M.counts([r for _, r in pairs])
             frequent = max(counts, key=lambda text: (counts[text], text))
-            base = self._scores([(p["id"], frequent, r) for p, r in pairs], references or {})
+            base = self._scores([(p["id"], frequent, r) for p, r in pairs], references, bank)
             results["baseline"] = {"reply": frequent, **{k: v for k, v in base.items() if k != "records"}}
         return {"benchmark": self.name, **results}
 
-    def _scores(self, rows: list[tuple[str, str, str]], references: dict) -> dict:
+    def _scores(self, rows: list[tuple[str, str, str]], references: dict, bank: dict[str, str]) -> dict:
         texts = M.text_scores([(r, reply) for _, reply, r in rows], self.embedder, self.bertscore_model)
-        bank = phrase_bank(references)
+        labels: dict[str, str | None] = {}  # reply -> its nearest label, once per distinct reply
         records, ex_ok, form_ok = [], [], []
         for (pid, reply, r), row in zip(rows, texts.pop("per_pair")):
             pe, _ = split_answer(reply)
@@ -75,7 +77,9 @@ class QEVDFeedback(Benchmark):
             ex_ok.append(ok)
             record = {"id": pid, "exercise_correct": ok, **row}
             if bank:
-                record["label"] = nearest_label(reply, bank)
+                if reply not in labels:
+                    labels[reply] = nearest_label(reply, bank)
+                record["label"] = labels[reply]
                 form_ok.append(record["label"] in (references.get(str(pid)) or {}).get("labels", []))
                 record["form_correct"] = form_ok[-1]
             records.append(record)
