@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gemma3.data import validate as validate_data
+from gemma3.utils.errors import run_main
 
 
 def validate(argv: list[str] | None = None) -> int:
@@ -96,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     args = build_parser().parse_args(argv[:1])
     command = COMMANDS[args.command]
-    sys.argv = [f"video-gemma {args.command}", *argv[1:]]  # the subcommand's own --help shows this name
-    result = command.load()(argv[1:])
-    return result if isinstance(result, int) else 0
+    prog = f"video-gemma {args.command}"
+    sys.argv = [prog, *argv[1:]]  # the subcommand's own --help shows this name
+    return run_main(command.load(), argv[1:], prog=prog)
 
 
 if __name__ == "__main__":

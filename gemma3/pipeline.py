@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ from gemma3.serve.inference import GenerationConfig, load_predictor, predict
 from gemma3.train import train as T
 from gemma3.train.arguments import argument_parser, check_arguments
 from gemma3.train.rehearsal import announce, build_standins, rehearsal_preset
+from gemma3.utils.errors import run_main
 
 logger = logging.getLogger("gemma3.pipeline")
 REPO = Path(__file__).resolve().parents[1]
@@ -594,4 +596,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -36,6 +36,14 @@ def gemma270m_dir():
     return gemma3_270m_path()
 
 
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory, gemma270m_dir):
+    """A tiny custom model's parts (LLM folder, CLIP and VideoMamba configs) and a 4-clip dataset, per test file."""
+    from tiny_checkpoints import make_custom_assets
+
+    return make_custom_assets(tmp_path_factory.mktemp("assets"), gemma270m_dir)
+
+
 # The longest files first: with two xdist workers taking whole files, a long file started last leaves one worker
 # idle at the end. Same order in every worker (the scheduler requires it), and xdist keeps it only with
 # --no-loadscope-reorder (pyproject.toml; its default reorders files by their number of tests).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +39,64 @@ def write_json(path: str | Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=1))
     return path
+
+
+def write_awkward_clips(folder: str | Path, size: int = 32) -> dict[str, Path]:
+    """The ways real files differ from clean clips, written with PyAV: four that cannot be read (truncated, zero
+    bytes, audio only, a PNG named .mp4) and four that must be (2 frames, 10-bit, a portrait phone clip's rotation
+    matrix, variable frame rate); plus ``good``, the clean clip the rotated one is made from."""
+    import fractions
+
+    import av
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = make_frames(16, size)
+    frames[:, :4, :4] = (200, 30, 90)  # a corner mark, so a rotation shows
+
+    def encode(path: Path, n: int = 16, pix_fmt: str = "yuv420p", pts_ms: list[int] | None = None) -> Path:
+        with av.open(str(path), "w") as c:
+            stream = c.add_stream("libx264", rate=8)
+            stream.width = stream.height = size
+            stream.pix_fmt = pix_fmt
+            if pts_ms is not None:
+                stream.codec_context.time_base = fractions.Fraction(1, 1000)
+            for i in range(n):
+                frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+                if pts_ms is not None:
+                    frame.pts, frame.time_base = pts_ms[i], fractions.Fraction(1, 1000)
+                for packet in stream.encode(frame):
+                    c.mux(packet)
+            for packet in stream.encode():
+                c.mux(packet)
+        return path
+
+    out = {"good": encode(folder / "good.mp4")}
+    out["truncated"] = encode(folder / "truncated.mp4")
+    out["truncated"].write_bytes(out["truncated"].read_bytes()[:700])
+    out["zero_bytes"] = folder / "zero_bytes.mp4"
+    out["zero_bytes"].write_bytes(b"")
+    out["audio_only"] = folder / "audio_only.mp4"
+    with av.open(str(out["audio_only"]), "w") as c:
+        stream = c.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        audio = av.AudioFrame.from_ndarray(np.sin(np.arange(16000, dtype=np.float32) / 10)[None], format="fltp",
+                                           layout="mono")  # fmt: skip
+        audio.sample_rate = 16000
+        for packet in [*stream.encode(audio), *stream.encode()]:
+            c.mux(packet)
+    out["still_image"] = folder / "still_image.mp4"
+    Image.fromarray(frames[0]).save(out["still_image"], format="PNG")
+    out["two_frames"] = encode(folder / "two_frames.mp4", n=2)
+    out["ten_bit"] = encode(folder / "ten_bit.mp4", pix_fmt="yuv420p10le")
+    # A phone's portrait clip: the frames stored sideways and the track header's matrix turning them 90 degrees
+    # clockwise for display (the tkhd matrix starts 40 bytes after the box's type; identity is written).
+    data = bytearray(out["good"].read_bytes())
+    matrix = data.find(b"tkhd") + 4 + 40
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    out["rotated"] = folder / "rotated.mp4"
+    out["rotated"].write_bytes(bytes(data))
+    gaps = [0, *[40, 200, 40, 90, 300] * 3]  # milliseconds between frames
+    out["variable_frame_rate"] = encode(folder / "variable_frame_rate.mp4", pts_ms=[int(t) for t in np.cumsum(gaps)])
+    return out

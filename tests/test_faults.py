@@ -53,7 +53,7 @@ def test_bad_samples_are_counted_across_dataloader_workers(tiny):
     d = SupervisedDataset(broken + samples[2:], plugin, tok, CUSTOM.template(model.config), max_bad_fraction=0.6)
     loader = torch.utils.data.DataLoader(d, batch_size=1, num_workers=2, collate_fn=lambda b: b)
     assert len(list(loader)) == 4
-    assert d.stats.bad == {0, 1} and str(d.stats) == "2 of 4 samples skipped as bad"
+    assert d.stats.bad == {0, 1} and str(d.stats) == "2 of 4 samples skipped as bad (missing file: 2)"
     # With a 30% limit the second bad sample (whichever worker meets it) stops the run.
     d = SupervisedDataset(broken + samples[2:], plugin, tok, CUSTOM.template(model.config), max_bad_fraction=0.3)
     loader = torch.utils.data.DataLoader(d, batch_size=1, num_workers=2, collate_fn=lambda b: b)
@@ -275,7 +275,7 @@ def test_synthetic_generation_verifies_what_it_keeps(tmp_path):
     (tmp_path / "d" / "dataset_info.json").unlink()  # killed before the marker was written
     assert "generation did not finish" in verify_dataset(tmp_path / "d")[0]
     proc = _run("-m", "gemma3.data.synthetic", "--out", str(tmp_path / "e"), "--clips-per-class", "0")
-    assert proc.returncode == 1 and "clips_per_class must be >= 1 (got 0)" in proc.stderr
+    assert proc.returncode == 2 and "clips_per_class must be >= 1 (got 0)" in proc.stderr
     assert not (tmp_path / "e" / "dataset_info.json").exists()
 
 
@@ -301,4 +301,4 @@ def test_prepare_drops_unreadable_and_duplicate_rows_and_names_missing_inputs(ti
     }
     proc = _run("-m", "gemma3.data.prepare", "--videos", str(tmp_path / "none"), "--labels", str(labels), "--out",
                 str(tmp_path / "o2"))  # fmt: skip
-    assert proc.returncode == 1 and "--videos" in proc.stderr and "no such folder" in proc.stderr
+    assert proc.returncode == 2 and "--videos" in proc.stderr and "no such folder" in proc.stderr

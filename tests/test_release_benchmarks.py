@@ -16,6 +16,7 @@ from media_utils import make_frames, write_json, write_video
 
 from gemma3.evaluation.benchmarks import get_benchmark
 from gemma3.evaluation.benchmarks.mcq import first_letter_ad, mmmu_choice, mvbench_correct
+from gemma3.utils.errors import run_main
 
 
 def _lmms_function(task_file: str, name: str, **namespace):
@@ -175,7 +176,7 @@ def _with_reply(prompt, reply: str):
     return dataclasses.replace(prompt, messages=[*prompt.messages, {"role": "assistant", "content": reply}])
 
 
-def test_lmms_docs_from_a_release(tmp_path):
+def test_lmms_docs_from_a_release(tmp_path, capsys):
     from gemma3.evaluation.lmms_tasks.prepare import main as prepare_main
     from gemma3.evaluation.lmms_tasks.utils import doc_to_choice, doc_to_visual
 
@@ -187,8 +188,8 @@ def test_lmms_docs_from_a_release(tmp_path):
     assert doc_to_visual(docs[0]) == [str((root / "val" / "-abc000000_000000_000010.mp4").resolve())]
     assert json.loads(paths["feedback"].read_text())[1]["answer"] == "air drumming"
     assert doc_to_visual({"image": "/x/p.jpg"}) == ["/x/p.jpg"]
-    with pytest.raises(SystemExit, match="no such annotation file"):
-        prepare_main(["--annotations", str(tmp_path / "none.json"), "--out", str(tmp_path / "lmms")])
+    assert run_main(prepare_main, ["--annotations", str(tmp_path / "none.json"), "--out", str(tmp_path / "lmms")]) == 2
+    assert "no such annotation file" in capsys.readouterr().err
 
 
 def test_max_missing_fraction_in_evaluation_and_lmms_docs(tmp_path, capsys):
@@ -200,18 +201,19 @@ def test_max_missing_fraction_in_evaluation_and_lmms_docs(tmp_path, capsys):
     root = _kinetics_val(tmp_path / "k400")
     (root / "val" / "-abc000001_000010_000020.mp4").unlink()
     preds = tmp_path / "preds.jsonl"
-    preds.write_text("".join(json.dumps({"id": i, "prediction": p}) + "\n" for i, p in
-                             [("-abc000000_000000_000010", "abseiling"), ("-abc000002_000020_000030", "air drumming")]))
+    preds.write_text(
+        "".join(
+            json.dumps({"id": i, "prediction": p}) + "\n"
+            for i, p in [("-abc000000_000000_000010", "abseiling"), ("-abc000002_000020_000030", "air drumming")]
+        )
+    )
     args = ["--benchmark", "kinetics400", "--predictions", str(preds), "--annotations", f"kinetics400:{root}:val",
             "--output_dir", str(tmp_path / "eval")]  # fmt: skip
-    with pytest.raises(SystemExit) as exit_info:
-        eval_main(args)
-    assert exit_info.value.code == 2 and "1 of 3 clips missing" in capsys.readouterr().err
+    assert run_main(eval_main, args) == 2 and "1 of 3 clips missing" in capsys.readouterr().err
     results = eval_main([*args, "--max_missing_fraction", "0.5"])
     assert results["num_samples"] == 2 and results["top1_accuracy"] == 0.5
     lmms = ["--annotations", f"kinetics400:{root}:val", "--out", str(tmp_path / "lmms")]
-    with pytest.raises(SystemExit, match="over --max_missing_fraction 0.1"):
-        prepare_main(lmms)
+    assert run_main(prepare_main, lmms) == 2 and "over --max_missing_fraction 0.1" in capsys.readouterr().err
     docs = json.loads(prepare_main([*lmms, "--max_missing_fraction", "0.5"])["action"].read_text())
     assert [d["answer_text"] for d in docs] == ["abseiling", "zumba"]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_checkpoints import custom_train_args, make_custom_assets
+from tiny_checkpoints import train_argv
 from transformers import set_seed
 
 from gemma3.model.builder import TRAINABLES_FILE, load_model
@@ -20,18 +20,9 @@ from gemma3.model.families import CUSTOM
 from gemma3.model.modeling import component_of
 from gemma3.train import train as T
 from gemma3.train.arguments import parse_args
+from gemma3.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory, gemma270m_dir):
-    return make_custom_assets(tmp_path_factory.mktemp("train"), gemma270m_dir)
-
-
-def _argv(assets, out, **kw):
-    llm, clip, vm, data = assets
-    return custom_train_args(llm, clip, vm, data, out, **kw)
 
 
 def _initial_params(argv) -> dict[str, torch.Tensor]:
@@ -60,7 +51,7 @@ def _changed(model, before) -> dict[str, set[str]]:
 
 
 def test_finetune_lora_trains_adapters_and_projectors_only(assets, tmp_path):
-    argv = _argv(
+    argv = train_argv(
         assets, tmp_path / "ft", stage="finetune", use_lora=True, projector_lr=1e-3, gradient_checkpointing=True
     )
     before = _initial_params(argv)
@@ -89,14 +80,14 @@ def test_finetune_lora_trains_adapters_and_projectors_only(assets, tmp_path):
 
 
 def test_pretrain_stage_trains_projectors_only(assets, tmp_path):
-    argv = _argv(assets, tmp_path / "pt", stage="pretrain", learning_rate=1e-3)
+    argv = train_argv(assets, tmp_path / "pt", stage="pretrain", learning_rate=1e-3)
     before = _initial_params(argv)
     res = T.main(argv)
     ch = _changed(res["model"], before)
     assert ch["changed"] == {"projector"} and "language_model" in ch["same"]
     assert not (tmp_path / "pt" / "adapter_config.json").exists()
     # A finetune run can start from the pretrained projectors.
-    argv2 = _argv(
+    argv2 = train_argv(
         assets,
         tmp_path / "ft2",
         stage="finetune",
@@ -112,7 +103,7 @@ def test_pretrain_stage_trains_projectors_only(assets, tmp_path):
 
 
 def test_encoders_train_with_their_own_learning_rates(assets, tmp_path):
-    argv = _argv(
+    argv = train_argv(
         assets,
         tmp_path / "enc",
         stage="pretrain",
@@ -127,7 +118,7 @@ def test_encoders_train_with_their_own_learning_rates(assets, tmp_path):
 
 
 def test_full_finetune_and_freeze_flags(assets, tmp_path):
-    argv = _argv(assets, tmp_path / "full", stage="finetune", freeze_projector=True, max_steps=2)
+    argv = train_argv(assets, tmp_path / "full", stage="finetune", freeze_projector=True, max_steps=2)
     before = _initial_params(argv)
     res = T.main(argv)
     ch = _changed(res["model"], before)
@@ -136,14 +127,14 @@ def test_full_finetune_and_freeze_flags(assets, tmp_path):
 
 
 def test_resume_gives_the_same_losses(assets, tmp_path):
-    straight = T.main(_argv(assets, tmp_path / "a", stage="finetune", use_lora=True, max_steps=6))["losses"]
+    straight = T.main(train_argv(assets, tmp_path / "a", stage="finetune", use_lora=True, max_steps=6))["losses"]
     ckpt = dict(stage="finetune", use_lora=True, max_steps=6, save_strategy="steps", save_steps=3)
     # Rotation keeps the newest checkpoint; no staging folder is left behind.
-    T.main(_argv(assets, tmp_path / "b", save_total_limit=1, **ckpt))
+    T.main(train_argv(assets, tmp_path / "b", save_total_limit=1, **ckpt))
     assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-6"]
     assert not (tmp_path / "b" / ".checkpoint-staging").exists()
     # A run killed after step 3: only checkpoint-3 exists. `auto` resumes it and repeats the same steps 4-6.
-    argv = _argv(assets, tmp_path / "c", save_total_limit=3, **ckpt)
+    argv = train_argv(assets, tmp_path / "c", save_total_limit=3, **ckpt)
     first = T.main(argv)
     torch.testing.assert_close(torch.tensor(first["losses"]), torch.tensor(straight), atol=1e-6, rtol=0)
     shutil.rmtree(tmp_path / "c" / "checkpoint-6")
@@ -156,8 +147,8 @@ def test_resume_gives_the_same_losses(assets, tmp_path):
 
 def test_qlora_needs_cuda_and_yaml_config_with_overrides(assets, tmp_path):
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
-            T.main(_argv(assets, tmp_path / "q", use_lora=True, bits=4))
+        with pytest.raises(UserError, match="needs a CUDA GPU"):
+            T.main(train_argv(assets, tmp_path / "q", use_lora=True, bits=4))
     llm, clip, vm, data = assets
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model_id: {llm}\ndata_path: {data}\nlearning_rate: 0.5\nlora_r: 4\nstage: pretrain\n")
@@ -184,7 +175,7 @@ def test_language_lora_targets_stay_in_the_language_model():
 
 def test_deepspeed_zero2_on_cpu(assets, tmp_path):
     out = tmp_path / "ds"
-    argv = _argv(
+    argv = train_argv(
         assets,
         out,
         stage="finetune",
@@ -226,7 +217,7 @@ def test_deepspeed_zero2_on_cpu(assets, tmp_path):
 
 def test_dora_paged_adamw_8bit_and_merged_export(assets, tmp_path):
     pytest.importorskip("bitsandbytes")
-    argv = _argv(
+    argv = train_argv(
         assets,
         tmp_path / "dora",
         stage="finetune",
@@ -253,8 +244,8 @@ def test_gradient_accumulation_gives_the_full_batch_loss_and_gradients(assets, t
     show a scaled gradient): the model divides the summed token loss by the Trainer's num_items_in_batch."""
     common = dict(stage="finetune", use_lora=True, projector_lr=0.1, learning_rate=0.1, optim="sgd", max_steps=1,
                   lr_scheduler_type="constant", warmup_ratio=0.0, max_grad_norm=0.0, lora_dropout=0.0)  # fmt: skip
-    full = T.main(_argv(assets, tmp_path / "b4", per_device_train_batch_size=4, **common))
-    accum = T.main(_argv(assets, tmp_path / "b2x2", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+    full = T.main(train_argv(assets, tmp_path / "b4", per_device_train_batch_size=4, **common))
+    accum = T.main(train_argv(assets, tmp_path / "b2x2", per_device_train_batch_size=2, gradient_accumulation_steps=2,
                          **common))  # fmt: skip
     assert full["losses"][0] == pytest.approx(accum["losses"][0], rel=1e-5)
     a = {n: p for n, p in full["model"].named_parameters() if p.requires_grad}

@@ -134,5 +134,11 @@ def custom_train_args(llm: Path, clip_cfg: Path, vm_cfg: Path, data: Path, out: 
     return argv
 
 
+def train_argv(assets: tuple[Path, Path, Path, Path], out: Path, **extra) -> list[str]:
+    """`custom_train_args` for the assets `make_custom_assets` returned."""
+    llm, clip, vm, data = assets
+    return custom_train_args(llm, clip, vm, data, out, **extra)
+
+
 def clean(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from gemma3.data import exercises as X
 from gemma3.data.media import write_video
 from gemma3.data.releases.qevd import CLOCK_OFFSET_S
 from gemma3.data.synthetic import sha256, verify_dataset
+from gemma3.utils.errors import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -266,12 +268,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.preview:
         print(preview_png(args.preview, cfg))
         return
-    try:
-        info = make_coach_dataset(args.out, cfg)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from err
+    info = make_coach_dataset(args.out, cfg)
     print(json.dumps(info["counts"]))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

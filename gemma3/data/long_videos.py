@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import numpy as np
 
 from gemma3.data.media import write_video
 from gemma3.data.synthetic import ACTIONS, SyntheticConfig, render_clip
+from gemma3.utils.errors import run_main
 
 logger = logging.getLogger(__name__)
 GROUND_TRUTH = "timed.json"
@@ -107,4 +109,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

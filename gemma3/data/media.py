@@ -19,12 +19,22 @@ import torch
 import torch.nn.functional as F
 
 from gemma3.constants import CLIP_MEAN, CLIP_STD, IMAGE_EXTENSIONS, IMAGE_TAG, VIDEO_TAG
+from gemma3.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
-class MediaError(ValueError):
-    """A media file that cannot be used (missing, unreadable, no frames); the message names the file."""
+class MediaError(UserError, ValueError):
+    """A media file that cannot be used (missing, unreadable, no frames); the message names the file and ``kind``
+    says which way it is broken (one of `MEDIA_FAULTS`: training counts skipped samples per kind)."""
+
+    def __init__(self, message: str, kind: str = "unreadable") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+# The ways a media file can be unusable, as `MediaError.kind` names them.
+MEDIA_FAULTS = ("missing file", "empty file", "no video stream", "image, not a video", "no frames", "unreadable")
 
 
 @dataclass
@@ -143,13 +153,18 @@ def _read_pyav(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrame
     import av
 
     with av.open(str(path)) as container:
+        if not container.streams.video:
+            kinds = ", ".join(sorted({st.type for st in container.streams})) or "none"
+            raise MediaError(f"{path}: no video stream (streams: {kinds})", kind="no video stream")
+        if container.format.name.endswith("_pipe") or container.format.name == "image2":
+            raise MediaError(f"{path}: an image ({container.format.name}), not a video", kind="image, not a video")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = min(16, 2 * (os.cpu_count() or 1))  # frames in flight: keeps cores busy
         src_fps = float(stream.average_rate) if stream.average_rate else None
         packets = [p for p in container.demux(stream) if p.pts is not None and p.size]  # decode order
         if not packets:
-            raise MediaError(f"{path}: no video packets")
+            raise MediaError(f"{path}: no video packets", kind="no frames")
         order = sorted(range(len(packets)), key=lambda j: packets[j].pts)  # presentation order
         frame_pts = [packets[j].pts for j in order]
         idx = sample_frame_indices(len(frame_pts), num_frames, mode, src_fps, fps)
@@ -157,6 +172,7 @@ def _read_pyav(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrame
         wanted = {frame_pts[i] for i in idx}
         codec = stream.codec_context
         got: dict[int, np.ndarray] = {}
+        rotation = 0  # the display matrix's angle (degrees, counter-clockwise), from the decoded frames
         pos = 0  # next packet to feed the decoder
         pending: list = []  # decoded frames at or after the current target, in presentation order
         for i in sorted(set(idx)):
@@ -178,11 +194,14 @@ def _read_pyav(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrame
                 pending = [f for f in out if f.pts is not None and f.pts >= target]
             if pending:
                 got[i] = pending[0].to_ndarray(format="rgb24")
+                rotation = pending[0].rotation
     if not got:
-        raise MediaError(f"{path}: no decodable frames")
+        raise MediaError(f"{path}: no decodable frames", kind="no frames")
     last = max(got)
-    frames = [got.get(i, got[last]) if i <= last else got[last] for i in idx]  # short stream: hold last frame
-    return VideoFrames(np.stack(frames), idx, len(frame_pts), src_fps, "pyav")
+    frames = np.stack([got.get(i, got[last]) if i <= last else got[last] for i in idx])  # short: hold the last
+    if rotation % 360:  # a phone's portrait clip: turned upright, as players show it
+        frames = np.ascontiguousarray(np.rot90(frames, k=round(rotation / 90) % 4, axes=(1, 2)))
+    return VideoFrames(frames, idx, len(frame_pts), src_fps, "pyav")
 
 
 def read_video(
@@ -195,7 +214,9 @@ def read_video(
     """
     path = Path(path)
     if not path.exists():
-        raise MediaError(f"{path}: file not found")
+        raise MediaError(f"{path}: file not found", kind="missing file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise MediaError(f"{path}: empty file (0 bytes)", kind="empty file")
     if path.is_dir():
         files = list_frame_files(path)
         if not files:

@@ -19,11 +19,13 @@ import csv
 import json
 import logging
 import re
+import sys
 from pathlib import Path
 
 from gemma3.data.media import MediaError, read_video
 from gemma3.data.synthetic import split_groups, write_dataset
 from gemma3.data.validate import validate_annotations
+from gemma3.utils.errors import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -169,12 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        info = prepare(args.videos, args.labels, args.out, args.seed)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from err
+    info = prepare(args.videos, args.labels, args.out, args.seed)
     print(json.dumps(info["counts"]))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

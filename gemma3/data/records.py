@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gemma3.constants import IMAGE_TAG, MEDIA_TAGS, VIDEO_TAG
 from gemma3.data.sample import Media, Sample
+from gemma3.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _ROLE = {
 }
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """A malformed annotation record; the message names the file, the sample index and the field."""
 
 

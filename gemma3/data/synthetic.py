@@ -19,12 +19,14 @@ import json
 import logging
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from gemma3.data.media import write_video
+from gemma3.utils.errors import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -265,10 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--crf", type=int, default=SyntheticConfig.crf, help="x264 quality (0: lossless, reproducible)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        info = _make_from_args(args)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from err
+    info = _make_from_args(args)
     print(json.dumps(info["counts"]))
 
 
@@ -288,4 +287,4 @@ def _make_from_args(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -20,6 +20,8 @@ from gemma3.serve.feedback import form_label_key
 from gemma3.serve.stream import StreamConfig
 
 logger = logging.getLogger(__name__)
+
+
 @dataclass(frozen=True)
 class StreamPlan:
     """How the long sessions are streamed: window (the training clips' length) and stride in seconds, windows that

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from gemma3.data.formats import load_annotations
-from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION, ReleaseError
+from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION
 from gemma3.evaluation.benchmarks import get_benchmark
 from gemma3.evaluation.benchmarks.base import (
     benchmark_class,
@@ -35,12 +35,13 @@ from gemma3.serve.feedback import form_label_key
 from gemma3.serve.inference import GenerationConfig, default_device, load_predictor, predict_sharded
 from gemma3.serve.stream import StreamConfig, run_stream
 from gemma3.utils.argtypes import positive_int
+from gemma3.utils.errors import UserError, run_main
 
 logger = logging.getLogger("gemma3.evaluation.evaluate")
 SPEAK_ON = {"action": None, "form": form_label_key}  # --speak_on: the key of `gemma3.serve.feedback.feedback_events`
 
 
-class CoverageError(ValueError):
+class CoverageError(UserError, ValueError):
     """The predictions do not cover enough of the annotated samples to give a meaningful score."""
 
 
@@ -274,11 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         max_missing_fraction=args.max_missing_fraction,
         options=options,
     )
-    try:
-        results = _run(ap, args, common)
-    except (CoverageError, FileNotFoundError, ReleaseError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from err
+    results = _run(ap, args, common)
     if results.get("scored") is False:
         print(f"rank {results['rank']} of {results['world_size']}: predictions written; another process scores them")
         return results
@@ -326,4 +323,4 @@ def _run(ap: argparse.ArgumentParser, args: argparse.Namespace, common: dict) ->
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

@@ -27,6 +27,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from gemma3.utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 DEBIAN_WORDNET = Path("/usr/share/wordnet")
@@ -39,7 +41,7 @@ CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}  # lexnames(5): the syntac
 APT_HINT = "apt-get install wordnet-base wordnet-sense-index"
 
 
-class ResourceError(RuntimeError):
+class ResourceError(UserError, RuntimeError):
     """NLTK data needed by an official scorer is missing and cannot be built here."""
 
 

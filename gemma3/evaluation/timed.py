@@ -24,12 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemma3.evaluation.metrics import MiniLMEmbedder, normalize, text_scores
 from gemma3.serve.feedback import Event, feedback_events
+from gemma3.utils.errors import run_main
 from gemma3.utils.plotting import pyplot
 
 logger = logging.getLogger(__name__)
@@ -216,4 +218,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

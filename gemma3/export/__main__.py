@@ -3,6 +3,7 @@
 import sys
 
 from gemma3.export.hf import main
+from gemma3.utils.errors import run_main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -43,6 +43,7 @@ from gemma3.export.onnx import export_onnx
 from gemma3.model.builder import TRAINABLES_FILE, load_model, save_trainables
 from gemma3.model.families import CUSTOM, family_for_checkpoint
 from gemma3.model.modeling import component_of
+from gemma3.utils.errors import run_main, writing
 from gemma3.utils.tokenizer_files import save_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -263,14 +264,8 @@ def export(model_path: str | Path, to: str, output: str | Path, dtype: str = "bf
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
-        if to == "gguf":
-            info = export_gguf(model_path, staging, family, gguf_type)
-        elif to == "onnx":
-            info = export_onnx(model_path, staging, family)
-        elif family is CUSTOM:
-            info = export_custom_hf(model_path, staging, torch_dtype)
-        else:
-            info = export_native_hf(model_path, staging, torch_dtype, family, for_megatron)
+        with writing(output):  # a full disk names the export; the partial folder is removed below
+            info = _export_into(staging, model_path, to, family, torch_dtype, for_megatron, gguf_type)
         info["source"] = str(model_path)
         (staging / MANIFEST).write_text(json.dumps(info, indent=2))
         staging.chmod(0o755)  # mkdtemp makes it private
@@ -281,6 +276,16 @@ def export(model_path: str | Path, to: str, output: str | Path, dtype: str = "bf
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("exported %s -> %s (%s)", model_path, output, info)
     return info
+
+
+def _export_into(staging: Path, model_path, to: str, family, torch_dtype, for_megatron: bool, gguf_type: str) -> dict:
+    if to == "gguf":
+        return export_gguf(model_path, staging, family, gguf_type)
+    if to == "onnx":
+        return export_onnx(model_path, staging, family)
+    if family is CUSTOM:
+        return export_custom_hf(model_path, staging, torch_dtype)
+    return export_native_hf(model_path, staging, torch_dtype, family, for_megatron)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,4 +308,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -21,11 +21,13 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from gemma3.constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM
 from gemma3.model import backbones
+from gemma3.model.checkpoint_files import check_checkpoint_files, load_checked
 from gemma3.model.configuration import ProjectorConfig, VideoGemmaConfig, VideoMambaConfig
 from gemma3.model.encoders import CLIPImageEncoder
 from gemma3.model.modeling import VideoGemmaForCausalLM, component_of
 from gemma3.model.videomamba_checkpoints import load_videomamba_checkpoint
 from gemma3.model.visual_tokens import VisualTokens
+from gemma3.utils.errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +238,11 @@ def load_trainables(model: torch.nn.Module, path: str | Path) -> list[str]:
     params = {_strip_peft(n): p for n, p in model.named_parameters()}
     missing = sorted(k for k in state if k not in params)
     if missing:
-        raise KeyError(f"{path}: {len(missing)} stored tensors are not in the model, e.g. {missing[:5]}")
+        raise CheckpointError(f"{path}: {len(missing)} stored tensors are not in the model, e.g. {missing[:5]}")
+    wrong = [f"{k}: saved {list(v.shape)}, the model has {list(params[k].shape)}" for k, v in state.items()
+             if v.shape != params[k].shape]  # fmt: skip
+    if wrong:
+        raise CheckpointError(f"{path}: {len(wrong)} stored tensors do not fit the model, e.g. {wrong[:3]}")
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor.to(params[name].dtype))
@@ -275,6 +281,18 @@ def _rebuild_base(config: VideoGemmaConfig, dtype: torch.dtype, folder: str | Pa
     return model
 
 
+def _expected_shapes(config: VideoGemmaConfig) -> dict[str, tuple[int, ...]]:
+    """The tensor shapes ``config`` builds (on the meta device: no memory, no initialisation)."""
+    with torch.device("meta"):
+        model = VideoGemmaForCausalLM(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _tied(model: torch.nn.Module, key: str) -> bool:
+    """Whether a key reported missing is an output embedding tied to the input embedding (never saved)."""
+    return key.endswith("lm_head.weight") and bool(getattr(model.config.get_text_config(), "tie_word_embeddings", True))
+
+
 def tokenizer_source(path: str | Path, config: VideoGemmaConfig) -> str:
     """Where a saved custom model's tokenizer lives: its own folder when it was saved there, else the LLM source."""
     return str(path) if (Path(path) / "tokenizer_config.json").exists() else resolve_sources(config, path)["llm"]
@@ -290,13 +308,23 @@ def load_model(
     config = VideoGemmaConfig.from_pretrained(path)
     has_full = any(path.glob("model*.safetensors")) or any(path.glob("pytorch_model*.bin"))
     if has_full:
-        model = VideoGemmaForCausalLM.from_pretrained(path, dtype=dtype)
+        model, info = load_checked(
+            path,
+            lambda: VideoGemmaForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True),
+            lambda: _expected_shapes(config),
+        )
+        missing = [k for k in info["missing_keys"] if not _tied(model, k)]
+        if missing:
+            raise CheckpointError(f"{path}: the saved weights lack {len(missing)} tensor(s) the config builds "
+                                  f"(e.g. {missing[:3]}); they would be random, so the folder is refused")  # fmt: skip
     else:
+        check_checkpoint_files(path)
         model = _rebuild_base(config, dtype, path)
     if (path / ADAPTER_CONFIG).exists():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(path))
+        base = model
+        model = load_checked(path, lambda: PeftModel.from_pretrained(base, str(path)), dict)
         if merge_lora:
             model = model.merge_and_unload()
     if (path / TRAINABLES_FILE).exists():

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from gemma3.model.builder import TRAINABLES_FILE, load_trainables
+from gemma3.model.checkpoint_files import load_checked
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ def load_native_model(model_id: str | Path, dtype: torch.dtype = torch.float32, 
     if is_adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(path))
+        base = model
+        model = load_checked(path, lambda: PeftModel.from_pretrained(base, str(path)), dict)
         if (path / TRAINABLES_FILE).exists():
             loaded = load_trainables(model, path / TRAINABLES_FILE)
             logger.info("Loaded %d trained non-LoRA tensors from %s", len(loaded), path / TRAINABLES_FILE)

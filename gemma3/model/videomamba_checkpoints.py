@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from gemma3.utils.errors import CheckpointError
+
 logger = logging.getLogger(__name__)
 
 # Non-encoder parts of the releases: key prefix (after unwrapping) -> why it is not loaded.
@@ -46,10 +48,6 @@ IGNORED = {
     "masked_pretrain": {"clip_decoder.": "CLIP distillation decoder", "decoder": "pretraining decoder"},
     "image": {"head.": "classification head", "distill_head.": "self-distillation head"},
 }
-
-
-class CheckpointError(ValueError):
-    """A VideoMamba checkpoint that cannot be loaded into the configured encoder."""
 
 
 @dataclass

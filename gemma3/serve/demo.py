@@ -27,6 +27,7 @@ from pathlib import Path
 from gemma3.serve.feedback import feedback_events, form_label_key, stream_png
 from gemma3.serve.inference import GenerationConfig, load_predictor
 from gemma3.serve.stream import DEFAULT_PROMPT, SourceError, StreamConfig, run_stream, summarize
+from gemma3.utils.errors import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -196,4 +197,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

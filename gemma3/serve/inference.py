@@ -25,6 +25,7 @@ import dataclasses
 import json
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -64,6 +65,7 @@ from gemma3.serve.prediction_files import (
     shard_folder,
 )
 from gemma3.utils.argtypes import positive_float, positive_int
+from gemma3.utils.errors import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -490,4 +492,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

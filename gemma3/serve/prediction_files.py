@@ -17,6 +17,9 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from gemma3.utils.errors import writing
+from gemma3.utils.locks import exclusive_lock
+
 
 def read_records_by_line(path: Path) -> list[tuple[str, dict | None]]:
     """Each line of a predictions file with its record (None for a torn or unreadable line)."""
@@ -51,29 +54,17 @@ def drop_failed(path: Path, lines: list[tuple[str, dict | None]], retry: set[str
     return sum(failed)
 
 
-@contextlib.contextmanager
-def output_lock(path: Path):
+def output_lock(path: Path) -> contextlib.AbstractContextManager[None]:
     """An exclusive lock on a predictions file: a second process writing the same file stops with a clear error
     instead of interleaving records."""
-    import fcntl
-
-    lock = path.with_name(path.name + ".lock")
-    f = lock.open("w")
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise RuntimeError(
-                f"{path}: another inference process is writing this file (lock {lock}); wait for it or use another "
-                "--output"
-            ) from err
-        yield
-    finally:
-        f.close()
+    busy = f"{path}: another inference process is writing this file; wait for it or use another --output"
+    return exclusive_lock(path.with_name(path.name + ".lock"), busy)
 
 
 def append_records(path: Path, records: list[dict]) -> None:
-    with path.open("a") as f:
+    """Append records, one JSON line each, and make them durable (fsync); an OS error (a full disk) names ``path``
+    and leaves the records before these intact (a torn last line is repaired on the next run)."""
+    with writing(path), path.open("a") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
         f.flush()

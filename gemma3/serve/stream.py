@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import queue
 import re
 import signal
@@ -41,6 +42,8 @@ from gemma3.data.formats import Media, Sample
 from gemma3.data.media import FrameArray, MediaError, list_frame_files, read_image
 from gemma3.data.releases.qevd import QEVDFit300K
 from gemma3.serve.inference import GenerationConfig, load_predictor
+from gemma3.utils.errors import UserError, run_main, writing
+from gemma3.utils.locks import exclusive_lock
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ NATIVE_MAX_SIDE = 896  # frames kept at most this size when the processor decide
 # ---------------------------------------------------------------- sources
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """The source could not be opened or broke while streaming; the message names it."""
 
 
@@ -259,6 +262,9 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else 0.0
 
 
+SUMMARY_FIELDS = ("latency_s", "ttft_s", "output_tokens")  # what `summarize` reads of each window's record
+
+
 def summarize(records: list[dict], dropped: int, stream_seconds: float, wall_seconds: float, busy: float) -> dict:
     """Latency / TTFT statistics, tokens/s (over the time spent answering), windows answered and dropped,
     real-time factor (wall time / stream time: below 1 keeps up with a live source)."""
@@ -281,14 +287,20 @@ def done_windows(output: Path) -> set[int]:
     if not output.exists():
         return set()
     done, good = set(), []
-    for line in output.read_text().splitlines():
+    text = output.read_text()
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
             done.add(int(rec["window"]))
             good.append(line)
         except (ValueError, KeyError, TypeError):
             logger.warning("%s: dropping an unreadable line (an interrupted write): %.80s", output, line)
-    output.write_text("".join(g + "\n" for g in good))
+    kept = "".join(g + "\n" for g in good)
+    if kept != text:  # rewritten beside it and renamed: a kill or a full disk now leaves the old file whole
+        tmp = output.with_name(output.name + ".tmp")
+        with writing(tmp):
+            tmp.write_text(kept)
+        os.replace(tmp, output)
     return done
 
 
@@ -346,6 +358,7 @@ def run_stream(predictor, source: str, output: str | Path, cfg: StreamConfig | N
             ready.put(None)
 
     records: list[dict] = []
+    busy = f"{output}: another stream is writing this file; wait for it or use another --output"
     started = time.perf_counter()
     producer = threading.Thread(target=produce, name="stream-source", daemon=True)
     previous = signal.getsignal(signal.SIGINT)
@@ -354,7 +367,7 @@ def run_stream(predictor, source: str, output: str | Path, cfg: StreamConfig | N
     producer.start()
     finished = False
     try:
-        with output.open("a") as out:
+        with exclusive_lock(output.with_name(output.name + ".lock"), busy), writing(output), output.open("a") as out:
             while not finished and not stop.is_set():
                 batch = []
                 item = ready.get()
@@ -381,7 +394,7 @@ def run_stream(predictor, source: str, output: str | Path, cfg: StreamConfig | N
                     for rec in answered:
                         out.write(json.dumps(rec) + "\n")
                         out.flush()
-                        records.append(rec)
+                        records.append({k: rec[k] for k in SUMMARY_FIELDS})  # not the replies: an hour is 7,200
                         if on_record is not None:
                             on_record(rec)
                         logger.info("window %d [%.1f-%.1f s] %.2f s: %s", rec["window"], rec["start"], rec["end"],
@@ -419,21 +432,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    try:
-        predictor = load_predictor(args.model_path, num_frames=args.num_frames,
-                                   generation=GenerationConfig(max_new_tokens=args.max_new_tokens))  # fmt: skip
-    except (FileNotFoundError, ValueError) as err:
-        logger.error("%s", err)
-        return 1
+    predictor = load_predictor(args.model_path, num_frames=args.num_frames,
+                               generation=GenerationConfig(max_new_tokens=args.max_new_tokens))  # fmt: skip
     cfg = StreamConfig(args.window, args.stride, args.unit, args.prompt, args.realtime, args.batch_size,
                        args.folder_fps, args.idle_timeout)  # fmt: skip
-    try:
-        summary = run_stream(predictor, args.source, args.output, cfg)
-    except SourceError as err:
-        logger.error("%s", err)
-        return 1
+    summary = run_stream(predictor, args.source, args.output, cfg)
     return 2 if "error" in summary else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -19,6 +19,7 @@ from gemma3.constants import DEFAULT_IMAGE_ENCODER, DEFAULT_LLM, DEFAULT_MAX_BAD
 from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION
 from gemma3.model.families import KINDS
 from gemma3.model.visual_tokens import VisualTokens
+from gemma3.train.guards import NONFINITE_CHOICES
 
 STAGES = ("pretrain", "finetune")
 
@@ -91,6 +92,11 @@ class TrainingArguments(HFTrainingArguments):
         default=None, metadata={"help": "fraction of steps for warm-up (seed-recipe flag; sets warmup_steps)"}
     )
     plot_loss: bool = field(default=True)
+    on_nonfinite_loss: str = field(
+        default="stop",
+        metadata={"help": "a NaN / inf loss: stop (naming the step, the batch's samples and the last checkpoint) | "
+                  "skip (the batch changes nothing; counted in the log)"},
+    )  # fmt: skip
     feature_cache: str = field(
         default="memory",
         metadata={"help": "frozen encoders' outputs computed once per clip: memory | off | a folder (kept on disk)"},
@@ -160,6 +166,10 @@ def check_arguments(
     if model_args.model_family not in KINDS:
         raise ValueError(f"--model_family must be one of {KINDS}, got {model_args.model_family!r}")
     model_args.visual_tokens().check()
+    if train_args.on_nonfinite_loss not in NONFINITE_CHOICES:
+        raise ValueError(
+            f"--on_nonfinite_loss must be one of {NONFINITE_CHOICES}, got {train_args.on_nonfinite_loss!r}"
+        )
     if model_args.bits not in (4, 8, 16):
         raise ValueError(f"--bits must be 4, 8 or 16, got {model_args.bits}")
     if not data_args.data_path:

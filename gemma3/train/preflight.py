@@ -48,6 +48,7 @@ from gemma3.model.families import family_for_checkpoint
 from gemma3.model.reference_configs import parameter_counts
 from gemma3.train.arguments import expand_config, parse_args
 from gemma3.train.setup import build_datasets, component_flags, setup
+from gemma3.utils.errors import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -334,4 +335,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

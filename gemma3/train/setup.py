@@ -18,6 +18,7 @@ from gemma3.model.builder import TRAINABLES_FILE, load_trainables
 from gemma3.model.families import Family
 from gemma3.train.arguments import DataArguments, ModelArguments, TrainingArguments
 from gemma3.train.trainer import is_peft_model
+from gemma3.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def quantization_config(bits: int):
     if bits == 16:
         return None
     if not torch.cuda.is_available():
-        raise RuntimeError(
+        raise UserError(
             f"--bits {bits} (QLoRA) needs a CUDA GPU: bitsandbytes' {bits}-bit kernels give unreliable gradients on "
             "CPU. Use --bits 16 here."
         )

@@ -14,6 +14,7 @@ the full LLM) plus the projectors. Freeze flags and per-component learning rates
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,13 +30,17 @@ from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 import gemma3.model  # noqa: F401  (registers video_gemma with the Auto classes)
+from gemma3.data.dataset import with_sample_index
+from gemma3.model.checkpoint_files import check_checkpoint_files
 from gemma3.model.families import Family, family_for_checkpoint
 from gemma3.model.feature_cache import FeatureCache
 from gemma3.model.selective_scan import check_kernels
 from gemma3.train.arguments import DataArguments, ModelArguments, TrainingArguments, expand_config, parse_args
+from gemma3.train.guards import HYPERPARAMETERS, check_resume_arguments, training_lock
 from gemma3.train.preflight import check_fits, check_world_size
 from gemma3.train.setup import build_datasets, component_flags, setup
 from gemma3.train.trainer import LossPlotCallback, VideoGemmaTrainer, is_peft_model
+from gemma3.utils.errors import CheckpointError, run_main, writing
 from gemma3.utils.tokenizer_files import save_tokenizer
 
 logger = logging.getLogger("gemma3.train")
@@ -121,12 +126,28 @@ def resolve_resume(train_args: TrainingArguments) -> str | None:
     if resume in (None, "", "false", "False"):
         return None
     if resume == "auto":
-        last = get_last_checkpoint(train_args.output_dir) if os.path.isdir(train_args.output_dir) else None
-        logger.info("Resume: %s", last or "no checkpoint yet, starting fresh")
-        return last
+        return newest_whole_checkpoint(train_args.output_dir)
     if not os.path.isdir(resume):
         raise FileNotFoundError(f"--resume_from_checkpoint {resume}: no such checkpoint folder")
+    check_checkpoint_files(resume)
     return resume
+
+
+def newest_whole_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest checkpoint in ``output_dir`` whose files are whole; a damaged newer one is named and passed over
+    (its steps are trained again), so a copy that lost its last checkpoint still resumes."""
+    while os.path.isdir(output_dir) and (last := get_last_checkpoint(output_dir)):
+        try:
+            check_checkpoint_files(last)
+        except CheckpointError as err:
+            aside = Path(f"{last}.damaged")
+            logger.warning("Resume: %s; moved aside to %s, resuming the one before it", err, aside)
+            os.replace(last, aside)  # get_last_checkpoint only looks at checkpoint-N
+            continue
+        logger.info("Resume: %s", last)
+        return last
+    logger.info("Resume: no checkpoint yet, starting fresh")
+    return None
 
 
 def zero_checkpoint_world_size(checkpoint: str | Path) -> int | None:
@@ -157,7 +178,7 @@ def reshard(checkpoint: str | Path, train_args: TrainingArguments) -> None:
                            ckpt, saved, world)  # fmt: skip
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0 or not (ckpt / "latest_universal").is_file():
-                raise RuntimeError(
+                raise CheckpointError(
                     f"{ckpt}: written by {saved} ranks, this run has {world}, and converting it to DeepSpeed's "
                     f"universal format failed:\n{proc.stderr[-2000:]}\nResume with {saved} ranks instead."
                 )
@@ -182,7 +203,8 @@ def save_final(trainer: VideoGemmaTrainer, out: Path) -> None:
     except OSError as err:
         if trainer.is_world_process_zero():
             shutil.rmtree(staging, ignore_errors=True)
-        raise OSError(f"saving the final model into {out} failed ({err}); {out} was left as it was") from err
+        message = f"saving the final model into {out} failed ({err.strerror or err}); {out} was left as it was"
+        raise OSError(err.errno, message, str(out)) from err
     if trainer.is_world_process_zero():
         for item in staging.iterdir():
             target = out / item.name
@@ -193,7 +215,14 @@ def save_final(trainer: VideoGemmaTrainer, out: Path) -> None:
 
 
 def train(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> dict:
-    """Train one stage; returns a summary (output folder, steps, losses, data stats) and the trained model."""
+    """Train one stage; returns a summary (output folder, steps, losses, data stats) and the trained model. One
+    run per output folder: a second one on the same folder is refused (rank 0 holds the lock)."""
+    first = train_args.process_index == 0
+    with training_lock(train_args.output_dir) if first else contextlib.nullcontext():
+        return _train(model_args, data_args, train_args)
+
+
+def _train(model_args: ModelArguments, data_args: DataArguments, train_args: TrainingArguments) -> dict:
     set_seed(train_args.seed)
 
     check_kernels(require=model_args.require_kernels)  # loud on CUDA without the VideoMamba kernels
@@ -225,8 +254,10 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         "components": flags,
         "training": json.loads(train_args.to_json_string()),
     }
+    if resume:
+        check_resume_arguments(resume, hparams)
     if train_args.should_save:
-        (out / "hyperparameters.json").write_text(json.dumps(hparams, indent=2, default=str))
+        (out / HYPERPARAMETERS).write_text(json.dumps(hparams, indent=2, default=str))
 
     def save_processing(folder: str) -> None:
         save_tokenizer(processor, folder)
@@ -243,7 +274,7 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         args=train_args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=lambda feats: plugin.collate(feats, padding_side="right"),
+        data_collator=with_sample_index(lambda feats: plugin.collate(feats, padding_side="right")),
         component_fn=family.component_fn(),
         component_lrs=lrs,
         save_full_model=family.saves_full_model(flags["language_model"], model_args.use_lora),
@@ -251,6 +282,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         callbacks=[LossPlotCallback()] if train_args.plot_loss else None,
     )
     result = trainer.train(resume_from_checkpoint=resume)
+    if trainer.skipped_batches:
+        logger.warning("%d batches skipped for a loss that was not finite", trainer.skipped_batches)
     save_final(trainer, out)
     trainer.save_state()
     stats = getattr(train_ds, "stats", None)
@@ -261,9 +294,17 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         logger.info("Feature cache: %s", cache.stats())
     if model_args.merge_lora and is_peft_model(trainer.model) and trainer.is_world_process_zero():
         # Rebuilt from the saved output (which this also checks), so the trained model is left as it is.
-        merged_dir = out / "merged"
-        family.load_merged(out).save_pretrained(merged_dir)
-        save_processing(str(merged_dir))
+        merged_dir, staging = out / "merged", out / ".merged-staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            with writing(merged_dir):  # a full disk names the merged model; an earlier one stays whole
+                family.load_merged(out).save_pretrained(staging)
+                save_processing(str(staging))
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        shutil.rmtree(merged_dir, ignore_errors=True)
+        os.replace(staging, merged_dir)
         logger.info("Merged model written to %s", merged_dir)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     summary = {
@@ -281,6 +322,8 @@ def train(model_args: ModelArguments, data_args: DataArguments, train_args: Trai
         if trainer.optimizer is not None
         else [],
         "data_stats": str(stats) if stats is not None else None,
+        "skipped_samples": stats.by_kind() if stats is not None else {},
+        "skipped_batches": trainer.skipped_batches,
     }
     trainer.release()  # frees the DeepSpeed engine (and with it the model, once the caller drops the summary)
     return summary
@@ -295,4 +338,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

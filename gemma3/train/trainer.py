@@ -14,7 +14,10 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from gemma3.data.dataset import SAMPLE_INDEX
 from gemma3.model.builder import TRAINABLES_FILE, load_trainables, save_trainables, saved_parameter_names
+from gemma3.model.checkpoint_files import check_checkpoint_files
+from gemma3.train.guards import nonfinite_loss
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class VideoGemmaTrainer(Trainer):
         self.save_full_model = save_full_model
         self.extra_save = extra_save
         self._staging_dir: str | None = None
+        self.skipped_batches = 0
 
     # ---- optimizer: one param group per (component, decay) ----
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
@@ -104,6 +108,25 @@ class VideoGemmaTrainer(Trainer):
         engine = self.model_wrapped
         if self.is_deepspeed_enabled and engine is not self.model and hasattr(engine, "destroy"):
             engine.destroy()
+
+    # ---- a loss that is not finite: stop with the batch's samples, or skip the batch ----
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        index = inputs.pop(SAMPLE_INDEX, None)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        loss = result[0] if return_outputs else result
+        dataset = self.train_dataset if model.training else self.eval_dataset
+        samples = getattr(dataset, "samples", None)
+        ids = [str(samples[i].id) for i in index.tolist()] if index is not None and samples is not None else []
+        policy = getattr(self.args, "on_nonfinite_loss", "stop")
+        if nonfinite_loss(loss, self.state.global_step + 1, ids, self.args.output_dir, policy):
+            # zero gradients for every trainable tensor: the batch changes nothing (NaN * 0 would stay NaN)
+            zero = sum(p.reshape(-1)[:1].sum() * 0.0 for p in model.parameters() if p.requires_grad)
+            loss = torch.zeros((), device=loss.device, dtype=loss.dtype) + zero
+            self.skipped_batches += 1
+            return (loss, result[1]) if return_outputs else loss
+        return result
 
     # ---- saving ----
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -159,6 +182,7 @@ class VideoGemmaTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         model = self.model if model is None else model
         ckpt = Path(resume_from_checkpoint)
+        check_checkpoint_files(ckpt)  # a truncated file is refused before any tensor is loaded
         has_weights = any(ckpt.glob("adapter_model.*")) or any(ckpt.glob("model*.safetensors"))
         if has_weights:
             super()._load_from_checkpoint(resume_from_checkpoint, model)

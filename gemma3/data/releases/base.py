@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from gemma3.constants import DEFAULT_PROMPT
 from gemma3.data.sample import Media, Sample
+from gemma3.utils.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ DEFAULT_MAX_MISSING_FRACTION = 0.1
 RELEASES: dict[str, type[ReleaseReader]] = {}
 
 
-class ReleaseError(ValueError):
+class ReleaseError(UserError, ValueError):
     """A release layout that cannot be read as asked: the message names the format, ROOT, split and file."""
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from gemma3.constants import MEDIA_TAGS
@@ -24,6 +25,7 @@ from gemma3.data.releases import DEFAULT_MAX_MISSING_FRACTION, parse_spec
 from gemma3.evaluation.benchmarks.base import release_classes
 from gemma3.evaluation.benchmarks.qevd import split_answer
 from gemma3.evaluation.metrics import normalize
+from gemma3.utils.errors import run_main
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +110,9 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     ap.add_argument("--out", default="data/lmms", help="where the task YAMLs look (relative to the run directory)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return prepare_lmms_docs(args.data_dir, args.out, args.split, args.annotations, args.classes,
-                                 args.max_missing_fraction)
-    except (FileNotFoundError, ValueError) as err:
-        raise SystemExit(f"error: {err}") from err
+    return prepare_lmms_docs(args.data_dir, args.out, args.split, args.annotations, args.classes,
+                             args.max_missing_fraction)  # fmt: skip
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

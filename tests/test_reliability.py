@@ -1,0 +1,311 @@
+"""Reliability at the command line and at scale: expected errors are one message and an exit code, never a
+traceback (unless ``--debug``)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from media_utils import write_awkward_clips
+from safetensors.torch import load_file, save_file
+from tiny_checkpoints import custom_train_args, make_llm, save_custom_model, train_argv
+
+import gemma3.export.hf as export_hf
+import gemma3.serve.inference as inf
+import gemma3.serve.stream as stream
+from gemma3.data.media import MediaError, read_video
+from gemma3.export.hf import main as export_main
+from gemma3.serve import prediction_files
+from gemma3.serve.stream import main as stream_main
+from gemma3.train import train as T
+from gemma3.train.guards import NonFiniteLossError, training_lock
+from gemma3.utils.errors import CheckpointError, UserError, run_main
+from gemma3.utils.locks import BusyError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["gemma3n_batch_inference.py", "--model_path", "{tmp}/missing", "--annotations", "{tmp}/a.json",
+          "--output", "{tmp}/p.jsonl"], "model path {tmp}/missing: does not exist"),
+        (["-m", "gemma3.cli", "train", "--model_id", "{tmp}/missing", "--data_path", "{tmp}/a.json",
+          "--output_dir", "{tmp}/run"], "model path {tmp}/missing: does not exist"),
+        (["eval/evaluate.py", "--benchmark", "action_recognition", "--predictions", "{tmp}/p.jsonl",
+          "--annotations", "{tmp}/a.json"], "predictions file not found: {tmp}/p.jsonl"),
+    ],
+)  # fmt: skip
+def test_commands_turn_expected_errors_into_one_message(tmp_path, args, message):
+    (tmp_path / "a.json").write_text("[]")
+    proc = _run(*(a.format(tmp=tmp_path) for a in args))
+    assert proc.returncode == 2, proc.stderr
+    assert message.format(tmp=tmp_path) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    (tmp_path / "a.json").write_text("[]")
+    proc = _run("gemma3n_batch_inference.py", "--model_path", str(tmp_path / "missing"), "--annotations",
+                str(tmp_path / "a.json"), "--output", str(tmp_path / "p.jsonl"), "--debug")  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "FileNotFoundError" in proc.stderr
+
+
+def _raises(err: BaseException):
+    def main(argv):
+        raise err
+
+    return main
+
+
+@pytest.mark.parametrize(
+    "err, code, text",
+    [
+        (MediaError("clip.mp4: unreadable video"), 2, "clip.mp4: unreadable video"),
+        (CheckpointError("ckpt/model.safetensors: truncated"), 2, "truncated"),
+        (FileNotFoundError("data.json: no such file"), 2, "data.json"),
+        (OSError(errno.ENOSPC, "No space left on device", "out/predictions.jsonl"), 1,
+         "no space left on the device while writing out/predictions.jsonl"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)  # fmt: skip
+def test_run_main_maps_expected_errors(capsys, err, code, text):
+    assert run_main(_raises(err), [], prog="cmd") == code
+    err_out = capsys.readouterr().err
+    assert text in err_out and err_out.startswith("cmd: ")
+
+
+def test_run_main_keeps_the_traceback_of_bugs_and_of_debug():
+    with pytest.raises(TypeError):
+        run_main(_raises(TypeError("a bug")), [], prog="cmd")
+    with pytest.raises(UserError):
+        run_main(_raises(UserError("bad input")), ["--debug"], prog="cmd")
+    assert run_main(lambda argv: {"done": argv}, ["--x"], prog="cmd") == 0
+
+
+# ---------------------------------------------------------------- training runs that go wrong
+
+
+def test_a_second_training_on_one_output_is_refused(assets, tmp_path):
+    out = tmp_path / "run"
+    with training_lock(out), pytest.raises(BusyError, match="another training run is writing this output folder"):
+        T.main(train_argv(assets, out))
+    assert not (out / "hyperparameters.json").exists()  # refused before anything was written
+    assert T.main(train_argv(assets, out, max_steps=1))["global_step"] == 1  # the lock went with its holder
+
+
+def test_resume_refuses_changed_arguments_and_accepts_harmless_ones(assets, tmp_path):
+    out = tmp_path / "run"
+    common = dict(stage="finetune", use_lora=True, lora_r=4, save_strategy="steps", save_steps=2, max_steps=2)
+    T.main(train_argv(assets, out, **common))
+    with pytest.raises(UserError, match=r"(?s)cannot resume .*checkpoint-2.*model\.lora_r: saved 4, now 8") as err:
+        T.main(
+            train_argv(assets, out, **{**common, "lora_r": 8, "max_steps": 3}) + ["--resume_from_checkpoint", "auto"]
+        )
+    assert "training.max_steps: saved 2, now 3" in str(err.value)
+    resumed = T.main(train_argv(assets, out, **{**common, "logging_steps": 5, "dataloader_num_workers": 1})
+                     + ["--resume_from_checkpoint", "auto"])  # fmt: skip
+    assert resumed["global_step"] == 2
+
+
+def test_a_nonfinite_loss_stops_with_step_samples_and_checkpoint_or_is_skipped(assets, tmp_path):
+    # A learning rate of 1e30 sends the weights to 1e30 at the first step: the second step's loss is not finite.
+    blow_up = dict(stage="finetune", learning_rate=1e30, projector_lr=1e30, max_steps=3, save_strategy="steps",
+                   save_steps=1, per_device_train_batch_size=2)  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match=r"step 2: the loss is (nan|inf) on samples \[clip\d, clip\d\]") as e:
+        T.main(train_argv(assets, tmp_path / "stop", **blow_up))
+    assert "checkpoint-1" in str(e.value) and (tmp_path / "stop" / "checkpoint-1").is_dir()
+    assert not (tmp_path / "stop" / "checkpoint-2").exists()
+    summary = T.main(train_argv(assets, tmp_path / "skip", on_nonfinite_loss="skip", **blow_up))
+    assert summary["global_step"] == 3 and summary["skipped_batches"] == 2
+
+
+# ---------------------------------------------------------------- checkpoint folders that are half there
+
+
+def _copy(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    edit(dst)
+    return dst
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _drop_tensor(path: Path) -> None:
+    state = load_file(str(path))
+    state.pop(sorted(k for k in state if "video_projector" in k)[0])
+    save_file(state, str(path))
+
+
+def _other_hidden_size(folder: Path) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["text_config"]["hidden_size"] = 64
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: _truncate(d / "model.safetensors"), r"model\.safetensors: truncated or not a safetensors file"),
+        (lambda d: _drop_tensor(d / "model.safetensors"), r"the saved weights lack 1 tensor\(s\).*video_projector"),
+        (_other_hidden_size, r"the weights do not fit the model.*saved \[32\], the config gives \[64\]"),
+        (lambda d: (d / "config.json").unlink(), r"has no config\.json"),
+    ],
+)
+def test_half_written_model_folders_are_refused_by_inference_and_export(assets, tmp_path, edit, message):
+    llm, clip, vm, _ = assets
+    good = save_custom_model(tmp_path / "model", llm, clip, vm)
+    bad = _copy(good, tmp_path / "bad", edit)
+    with pytest.raises((CheckpointError, FileNotFoundError), match=message):
+        inf.load_predictor(bad)
+    assert run_main(export_main, ["--model_path", str(bad), "--to", "hf", "--output", str(tmp_path / "x")]) != 0
+    assert not (tmp_path / "x").exists()
+
+
+def test_half_written_adapters_are_refused(assets, tmp_path, gemma270m_dir):
+    out = tmp_path / "lora"
+    T.main(train_argv(assets, out, stage="finetune", use_lora=True, max_steps=1))
+    bad = _copy(out, tmp_path / "truncated", lambda d: _truncate(d / "adapter_model.safetensors"))
+    with pytest.raises(CheckpointError, match=r"adapter_model\.safetensors: truncated"):
+        inf.load_predictor(bad)
+    # The adapter's base model recorded in its config is now one with another hidden size.
+    wide = make_llm(tmp_path, gemma270m_dir, name="tiny-wide", hidden_size=64, intermediate_size=128)
+
+    def other_base(d: Path) -> None:
+        cfg = json.loads((d / "config.json").read_text())
+        cfg["sources"]["llm"] = str(wide)
+        (d / "config.json").write_text(json.dumps(cfg))
+
+    moved = _copy(out, tmp_path / "other_base", other_base)
+    with pytest.raises(CheckpointError, match=r"do not fit .*size mismatch"):
+        inf.load_predictor(moved)
+
+
+def test_auto_resume_passes_over_a_damaged_newest_checkpoint(assets, tmp_path):
+    out = tmp_path / "run"
+    common = dict(stage="finetune", use_lora=True, save_strategy="steps", save_steps=1, max_steps=2)
+    T.main(train_argv(assets, out, **common))
+    _truncate(out / "checkpoint-2" / "adapter_model.safetensors")
+    with pytest.raises(CheckpointError, match=r"checkpoint-2/adapter_model\.safetensors: truncated"):
+        T.main(train_argv(assets, out, **common) + ["--resume_from_checkpoint", str(out / "checkpoint-2")])
+    resumed = T.main(train_argv(assets, out, **common) + ["--resume_from_checkpoint", "auto"])
+    assert resumed["global_step"] == 2 and (out / "checkpoint-2.damaged").is_dir()
+    assert (out / "checkpoint-2").is_dir()  # step 2 trained again and saved whole
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def _no_space(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_writing_predictions_keeps_what_was_written(assets, tmp_path, monkeypatch, capsys):
+    llm, clip, vm, data = assets
+    model = save_custom_model(tmp_path / "model", llm, clip, vm)
+    out = tmp_path / "p.jsonl"
+    argv = ["--model_path", str(model), "--annotations", str(data), "--media_root", str(data.parent), "--output",
+            str(out), "--max_new_tokens", "2", "--batch_size", "2"]  # fmt: skip
+    calls = []
+    real_fsync = os.fsync
+
+    def fsync_then_full(fd):  # the first batch is written whole, the second fills the disk
+        calls.append(fd)
+        return real_fsync(fd) if len(calls) == 1 else _no_space()
+
+    monkeypatch.setattr(prediction_files.os, "fsync", fsync_then_full)
+    assert run_main(inf.main, argv, prog="infer") == 1
+    assert f"no space left on the device while writing {out}" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert len(prediction_files.done_ids(prediction_files.read_records_by_line(out))) >= 2  # the first batch
+    again = inf.main(argv)
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == sorted({*ids}) and len(ids) == 4 and again["errors"] == 0
+
+
+def test_a_full_disk_during_export_leaves_no_partial_folder(assets, tmp_path, monkeypatch, capsys):
+    llm, clip, vm, _ = assets
+    model = save_custom_model(tmp_path / "model", llm, clip, vm)
+
+    def half_written(model_path, staging, dtype):
+        (staging / "model.safetensors").write_bytes(b"\0" * 100)
+        _no_space()
+
+    monkeypatch.setattr(export_hf, "export_custom_hf", half_written)
+    target = tmp_path / "exports" / "x"
+    assert run_main(export_main, ["--model_path", str(model), "--to", "hf", "--output", str(target)]) == 1
+    assert f"no space left on the device while writing {target}" in capsys.readouterr().err
+    assert list((tmp_path / "exports").iterdir()) == []  # neither the export nor its partial folder
+
+
+def test_a_full_disk_during_a_stream_keeps_the_windows_written(assets, tmp_path, monkeypatch, capsys):
+    llm, clip, vm, data = assets
+    model = save_custom_model(tmp_path / "model", llm, clip, vm)
+    video = data.parent / "videos" / "clip0.mp4"
+    out = tmp_path / "s.jsonl"
+    argv = ["--model_path", str(model), "--source", str(video), "--output", str(out), "--window", "2",
+            "--stride", "1", "--max_new_tokens", "2"]  # fmt: skip
+    assert run_main(stream_main, argv) == 0
+    complete = out.read_text()
+    out.write_text(complete + '{"window": 99, "torn')  # a torn line from a killed run, repaired on resume
+    monkeypatch.setattr(stream.Path, "write_text", _no_space)  # the repair's rewrite fills the disk
+    assert run_main(stream_main, argv, prog="stream") == 1
+    assert "no space left on the device while writing" in capsys.readouterr().err
+    assert out.read_text() == complete + '{"window": 99, "torn'  # the file as it was
+    monkeypatch.undo()
+    assert run_main(stream_main, argv) == 0 and out.read_text() == complete
+
+
+# ---------------------------------------------------------------- awkward and broken clips
+
+
+def test_awkward_clips_are_read_and_broken_ones_named_by_kind(tmp_path):
+    clips = write_awkward_clips(tmp_path)
+    good = read_video(clips["good"], 8).frames
+    # Rotation metadata is applied as a player shows the clip: 90 degrees clockwise, pixel for pixel.
+    np.testing.assert_array_equal(read_video(clips["rotated"], 8).frames, np.rot90(good, k=-1, axes=(1, 2)))
+    assert np.abs(read_video(clips["ten_bit"], 8).frames.astype(int) - good).mean() < 2  # 10-bit, lossy, -> 8-bit
+    assert read_video(clips["two_frames"], 8).indices == [0, 0, 0, 0, 1, 1, 1, 1]  # frames repeated
+    assert read_video(clips["variable_frame_rate"], 8).frames.shape == (8, 32, 32, 3)
+    kinds = {}
+    for name in ("truncated", "zero_bytes", "audio_only", "still_image"):
+        with pytest.raises(MediaError) as err:
+            read_video(clips[name], 8)
+        assert str(clips[name]) in str(err.value)
+        kinds[name] = err.value.kind
+    assert kinds == {"truncated": "unreadable", "zero_bytes": "empty file", "audio_only": "no video stream",
+                     "still_image": "image, not a video"}  # fmt: skip
+
+
+def test_training_over_broken_clips_counts_them_per_kind_and_finishes(assets, tmp_path):
+    """20 good clips and the 8 awkward ones (4 unreadable: 1 in 7 of the set) through 2 DataLoader workers for a
+    whole epoch: the 4 broken ones are skipped and counted by kind, the 4 awkward but readable ones trained on."""
+    llm, clip, vm, data = assets
+    clips = write_awkward_clips(tmp_path / "videos")
+    good = json.loads(data.read_text())
+    reply = good[0]["conversations"]
+    rows = [{**good[i % 4], "id": f"good{i}", "video": str(data.parent / good[i % 4]["video"])} for i in range(20)]
+    rows += [{"id": name, "video": str(path), "conversations": reply} for name, path in clips.items() if name != "good"]
+    ann = tmp_path / "train.json"
+    ann.write_text(json.dumps(rows))
+    argv = custom_train_args(llm, clip, vm, ann, tmp_path / "run", max_steps=-1, num_train_epochs=1,
+                             per_device_train_batch_size=4, dataloader_num_workers=2, max_bad_fraction=0.2)  # fmt: skip
+    summary = T.main(argv)
+    assert summary["global_step"] == 7  # 28 samples / 4: the broken ones replaced by the next good one
+    assert summary["skipped_samples"] == {"empty file": 1, "no video stream": 1, "image, not a video": 1,
+                                          "unreadable": 1}  # fmt: skip
