@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +102,47 @@ def write_awkward_clips(folder: str | Path, size: int = 32) -> dict[str, Path]:
     gaps = [0, *[40, 200, 40, 90, 300] * 3]  # milliseconds between frames
     out["variable_frame_rate"] = encode(folder / "variable_frame_rate.mp4", pts_ms=[int(t) for t in np.cumsum(gaps)])
     return out
+
+
+def long_frame(i: int, size: int = 32) -> np.ndarray:
+    """Frame i of `write_long_video`: a flat grey of `frame_value`, with a bar that moves one column a frame."""
+    frame = np.full((size, size, 3), frame_value(i), np.uint8)
+    frame[:, i % size] = 255
+    return frame
+
+
+def write_long_video(path: str | Path, seconds: int, fps: int = 1, size: int = 32) -> Path:
+    """A long, low-resolution H.264 clip of `long_frame`s, written frame by frame (an hour at 1 fps and 32 px is
+    under 0.5 MB and a second to write), its index first (``faststart``, as files served on the web are: a plain
+    HTTP server without range requests can stream it)."""
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:
+        stream = c.add_stream("libx264", rate=fps)
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast"}
+        for i in range(seconds * fps):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(long_frame(i, size), format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    return path
+
+
+@contextlib.contextmanager
+def served(folder: str | Path) -> Iterator[str]:
+    """An HTTP server on loopback serving ``folder``; yields its base URL (``http://127.0.0.1:PORT``)."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

@@ -142,3 +142,83 @@ def test_the_page_in_a_real_browser(native_dir, clip, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         shutil.rmtree(tmp_path / "work", ignore_errors=True)
+
+
+def test_a_clip_is_coached_for_at_most_max_seconds_and_names_are_made_safe(native_dir, clip, tmp_path):
+    import gemma3.serve.inference as inf
+    from gemma3.serve.demo import CoachSession, exposure_warning, safe_stem
+    from gemma3.serve.stream import StreamConfig
+
+    assert exposure_warning("127.0.0.1", 7860, False) is None
+    assert "has no authentication" in exposure_warning("0.0.0.0", 7860, False)
+    assert "anyone who can reach port 7860" in exposure_warning("0.0.0.0", 7860, True)
+    assert safe_stem("../../etc/x; rm -rf ~ $(reboot).mp4") == "x_rm_-rf_reboot"
+    assert safe_stem("clip (1).MP4") == "clip_1" and safe_stem("...mp4") == "upload"
+    pred = inf.load_predictor(str(native_dir), num_frames=2, generation=inf.GenerationConfig(max_new_tokens=2))
+    named = tmp_path / "a;b $(c).mp4"
+    shutil.copy(clip, named)
+    session = CoachSession(pred, tmp_path / "work", StreamConfig(window=1.0, stride=1.0), max_seconds=2.0)
+    last = list(session.analyze(str(named), 1.0, 1.0, "What is happening?"))[-1]
+    assert "Stopped at 2.0 s" in last[0] and "--max_video_seconds" in last[0]
+    assert [p.name.split("-")[0] for p in (tmp_path / "work").glob("*.jsonl")] == ["a_b_c"]
+
+
+def _login(driver, url: str, wait) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(url)
+    user = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=text], input[name=username]"))[0]
+    user.send_keys("coach")
+    driver.find_element(By.CSS_SELECTOR, "input[type=password]").send_keys("s3cret")
+    driver.find_element(By.CSS_SELECTOR, "button").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video input[type=file]"))
+
+
+def test_two_pages_a_login_and_an_oversized_upload(native_dir, clip, tmp_path):
+    """Served on all interfaces with a login: a warning at start; two pages at once each get their own clip's
+    result (the second waits for the first); an upload over the limit is refused in the page; uploads and records
+    stay in the demo's folder."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port, log, work = _free_port(), tmp_path / "demo.log", tmp_path / "work"
+    cmd = [sys.executable, "-m", "gemma3.serve.demo", "--model_path", str(native_dir), "--port", str(port),
+           "--host", "0.0.0.0", "--auth", "coach:s3cret", "--max_upload_mb", "0.05", "--num_frames", "2",
+           "--max_new_tokens", "3", "--window", "2", "--stride", "1", "--workdir", str(work)]  # fmt: skip
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    drivers = [_browser(), _browser()]
+    try:
+        _wait_http(url, proc, log)
+        assert "it has no authentication" not in log.read_text() and "anyone who can reach port" in log.read_text()
+        clips = []
+        for driver, name in zip(drivers, ("first", "second")):
+            _login(driver, url, WebDriverWait(driver, 120))
+            clips.append(tmp_path / f"{name}.mp4")
+            shutil.copy(clip, clips[-1])
+            driver.find_element(By.CSS_SELECTOR, "#video input[type=file]").send_keys(str(clips[-1]))
+            WebDriverWait(driver, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video video"))
+        for driver in drivers:  # both pressed before either is done
+            driver.find_element(By.ID, "run").click()
+        for driver, own, other in ((drivers[0], "first", "second"), (drivers[1], "second", "first")):
+            WebDriverWait(driver, 180).until(lambda d: "Done" in d.find_element(By.ID, "status").text)
+            status = driver.find_element(By.ID, "status").text
+            assert f"{own}.mp4" in status and other not in status and "4 windows" in status
+        big = tmp_path / "big.mp4"
+        big.write_bytes(os.urandom(200_000))
+        page = drivers[0]
+        page.get(url)  # a fresh page (still logged in)
+        WebDriverWait(page, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#video input[type=file]"))
+        page.find_element(By.CSS_SELECTOR, "#video input[type=file]").send_keys(str(big))
+        video = page.find_element(By.ID, "video")
+        WebDriverWait(page, 60).until(lambda d: "Error" in video.text)  # Gradio refuses it in the page
+        assert "Uploads up to 0.05 MB" in page.find_element(By.ID, "intro").text  # and the page says why
+        assert proc.poll() is None  # still serving
+        uploads = [p for p in (work / "uploads").rglob("*") if p.is_file()]
+        assert {p.name for p in uploads} >= {"first.mp4", "second.mp4"} and "big.mp4" not in {p.name for p in uploads}
+    finally:
+        for driver in drivers:
+            driver.quit()
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -9,20 +9,26 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import long_runs
 import numpy as np
 import pytest
-from media_utils import write_awkward_clips
+from media_utils import long_frame, served, write_awkward_clips, write_long_video
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from tiny_checkpoints import custom_train_args, make_llm, save_custom_model, train_argv
 
 import gemma3.export.hf as export_hf
 import gemma3.serve.inference as inf
 import gemma3.serve.stream as stream
+from gemma3.data.formats import load_annotations
 from gemma3.data.media import MediaError, read_video
 from gemma3.export.hf import main as export_main
+from gemma3.model.families import CUSTOM
 from gemma3.serve import prediction_files
+from gemma3.serve.stream import StreamConfig, run_stream
 from gemma3.serve.stream import main as stream_main
 from gemma3.train import train as T
 from gemma3.train.guards import NonFiniteLossError, training_lock
@@ -152,6 +158,12 @@ def _drop_tensor(path: Path) -> None:
     save_file(state, str(path))
 
 
+def _set_model_type(folder: Path, model_type: str) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_type"] = model_type
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
 def _other_hidden_size(folder: Path) -> None:
     cfg = json.loads((folder / "config.json").read_text())
     cfg["text_config"]["hidden_size"] = 64
@@ -165,13 +177,14 @@ def _other_hidden_size(folder: Path) -> None:
         (lambda d: _drop_tensor(d / "model.safetensors"), r"the saved weights lack 1 tensor\(s\).*video_projector"),
         (_other_hidden_size, r"the weights do not fit the model.*saved \[32\], the config gives \[64\]"),
         (lambda d: (d / "config.json").unlink(), r"has no config\.json"),
+        (lambda d: _set_model_type(d, "llama"), r"model_type 'llama' is not supported"),
     ],
 )
 def test_half_written_model_folders_are_refused_by_inference_and_export(assets, tmp_path, edit, message):
     llm, clip, vm, _ = assets
     good = save_custom_model(tmp_path / "model", llm, clip, vm)
     bad = _copy(good, tmp_path / "bad", edit)
-    with pytest.raises((CheckpointError, FileNotFoundError), match=message):
+    with pytest.raises((CheckpointError, FileNotFoundError, ValueError), match=message):
         inf.load_predictor(bad)
     assert run_main(export_main, ["--model_path", str(bad), "--to", "hf", "--output", str(tmp_path / "x")]) != 0
     assert not (tmp_path / "x").exists()
@@ -236,6 +249,28 @@ def test_a_full_disk_while_writing_predictions_keeps_what_was_written(assets, tm
     again = inf.main(argv)
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == sorted({*ids}) and len(ids) == 4 and again["errors"] == 0
+
+
+def test_a_full_disk_while_writing_the_merged_model_keeps_the_earlier_one(assets, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    argv = train_argv(assets, out, stage="finetune", use_lora=True, max_steps=1, merge_lora=True)
+    T.main(argv)
+    before = {p.name: p.read_bytes() for p in (out / "merged").iterdir()}
+    real = CUSTOM.load_merged
+
+    class HalfSaved:
+        def __init__(self, model):
+            self.model = model
+
+        def save_pretrained(self, folder):
+            self.model.save_pretrained(folder)
+            _no_space()
+
+    monkeypatch.setattr(type(CUSTOM), "load_merged", lambda self, d: HalfSaved(real(d)))
+    assert run_main(T.main, argv, prog="train") == 1
+    assert f"no space left on the device while writing {out / 'merged'}" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in (out / "merged").iterdir()} == before
+    assert not (out / ".merged-staging").exists()
 
 
 def test_a_full_disk_during_export_leaves_no_partial_folder(assets, tmp_path, monkeypatch, capsys):
@@ -309,3 +344,143 @@ def test_training_over_broken_clips_counts_them_per_kind_and_finishes(assets, tm
     assert summary["global_step"] == 7  # 28 samples / 4: the broken ones replaced by the next good one
     assert summary["skipped_samples"] == {"empty file": 1, "no video stream": 1, "image, not a video": 1,
                                           "unreadable": 1}  # fmt: skip
+
+
+# ---------------------------------------------------------------- many samples, long streams
+
+
+class FlakyPredictor:
+    """The real predictor, with failures injected by sample id: ``once`` fail their first encode (a file still
+    being copied), ``always`` fail every encode, ``poison`` fail every generate call that includes them."""
+
+    def __init__(self, real, once=(), always=(), poison=()) -> None:
+        self.real, self.once, self.always, self.poison = real, set(once), set(always), set(poison)
+        self.poisoned: set[int] = set()
+
+    def encode(self, sample):
+        if sample.id in self.once:
+            self.once.discard(sample.id)
+            raise OSError(f"{sample.id}: resource temporarily unavailable")
+        if sample.id in self.always:
+            raise MediaError(f"{sample.id}: unreadable video")
+        feats = self.real.encode(sample)
+        if sample.id in self.poison:
+            self.poisoned.add(id(feats))
+        return feats
+
+    def generate(self, feats, **kw):
+        if any(id(f) in self.poisoned for f in feats):
+            raise RuntimeError("generation failed")
+        return self.real.generate(feats, **kw)
+
+
+def test_a_failing_sample_is_retried_once_then_recorded_without_stopping_the_run(assets, tmp_path):
+    llm, clip, vm, data = assets
+    real = inf.load_predictor(save_custom_model(tmp_path / "model", llm, clip, vm),
+                              generation=inf.GenerationConfig(max_new_tokens=2))  # fmt: skip
+    samples = load_annotations(data, data.parent)
+    out = tmp_path / "p.jsonl"
+    flaky = FlakyPredictor(real, once={"clip1"}, always={"clip2"}, poison={"clip3"})
+    stats = inf.predict(flaky, samples, out, batch_size=4, progress=False)
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert stats["errors"] == 2 and sorted(rows) == ["clip0", "clip1", "clip2", "clip3"]
+    assert rows["clip0"]["prediction"] and rows["clip1"]["prediction"]  # clip0 generated alone after the batch
+    assert rows["clip2"]["error"] == "MediaError: clip2: unreadable video"
+    assert rows["clip3"]["error"] == "RuntimeError: generation failed"
+    again = inf.predict(real, samples, out, batch_size=4, progress=False)  # the failed ones, once more
+    assert again["retried"] == 2 and again["errors"] == 0
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert sorted(ids) == ["clip0", "clip1", "clip2", "clip3"]
+
+
+def _long_run(out: Path, n: int, *extra: str) -> subprocess.CompletedProcess:
+    return _run(str(REPO / "tests" / "long_runs.py"), str(out), str(n), *extra)
+
+
+def test_ten_thousand_samples_survive_three_kills_with_nothing_lost_or_repeated(tmp_path):
+    n, out = 10_000, tmp_path / "p.jsonl"
+    rng = np.random.default_rng(0)
+    for k, torn in zip(rng.integers(300, 3_000, size=3), (False, True, False)):  # each counts from its resume
+        proc = _long_run(out, n, "--kill_at", str(int(k)), *(["--torn"] if torn else []))
+        assert proc.returncode == -9, proc.stderr  # killed, as kill -9 kills
+    written_before = len(out.read_text().splitlines())
+    assert 0 < written_before < n
+    done = _long_run(out, n, "--rss", str(tmp_path / "rss.json"))
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout.splitlines()[-1])
+    assert stats["skipped_existing"] > 0 and stats["skipped_existing"] + stats["done"] == n
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == sorted({r["id"] for r in rows}) and len(rows) == n  # each once, in order
+    assert all(r["prediction"] == f"answer {r['id']}" for r in rows)
+
+
+def test_batch_inference_memory_stays_flat_over_ten_thousand_samples(tmp_path):
+    proc = _long_run(tmp_path / "p.jsonl", 10_000, "--rss", str(tmp_path / "rss.json"))
+    assert proc.returncode == 0, proc.stderr
+    rss = json.loads((tmp_path / "rss.json").read_text())  # MB after 1,000, 2,000, ... samples
+    assert len(rss) == 10 and rss[-1] - rss[0] < 8, rss
+
+
+HOUR = 3600  # seconds of stream; 1 frame a second at 32 px, windows of 4 s every 4 s: 900 windows
+
+
+@pytest.fixture(scope="module")
+def hour_predictor(assets, tmp_path_factory):
+    llm, clip, vm, _ = assets
+    model = save_custom_model(tmp_path_factory.mktemp("hour") / "model", llm, clip, vm)
+    return inf.load_predictor(model, generation=inf.GenerationConfig(max_new_tokens=1))
+
+
+def _hour_stream(predictor, source: str, out: Path, stop_after: int | None = None, **cfg) -> tuple[dict, dict]:
+    """Stream ``source``; returns (summary, RSS in MB when the stream passed 5, 30 and 60 minutes). With
+    ``stop_after`` the stream is interrupted once that many windows are written."""
+    rss, stop = {}, threading.Event()
+
+    def on_record(rec: dict) -> None:
+        for minute in (5, 30, 60):
+            if rec["end"] >= minute * 60 - 4 and minute not in rss:
+                rss[minute] = long_runs.rss_mb()
+        if stop_after is not None and rec["window"] + 1 >= stop_after:
+            stop.set()
+
+    config = StreamConfig(window=4.0, stride=4.0, batch_size=8, folder_fps=1.0, **cfg)
+    return run_stream(predictor, source, out, config, stop=stop, on_record=on_record), rss
+
+
+def test_an_hour_long_file_streams_in_flat_memory_and_resumes_without_gaps(hour_predictor, tmp_path):
+    video = write_long_video(tmp_path / "hour.mp4", HOUR)
+    summary, rss = _hour_stream(hour_predictor, str(video), tmp_path / "straight.jsonl")
+    assert summary["windows"] == HOUR // 4 and sorted(rss) == [5, 30, 60]
+    assert rss[60] - rss[30] < 8 and rss[60] - rss[5] < 40, rss  # no growth with the stream's length
+    straight = [json.loads(line) for line in (tmp_path / "straight.jsonl").read_text().splitlines()]
+    assert [r["window"] for r in straight] == list(range(HOUR // 4))
+    # Interrupted after 400 windows, then run again: every window once, the same as the straight run.
+    resumed = tmp_path / "resumed.jsonl"
+    _hour_stream(hour_predictor, str(video), resumed, stop_after=400)
+    assert 400 <= len(resumed.read_text().splitlines()) < HOUR // 4
+    _hour_stream(hour_predictor, str(video), resumed)
+    rows = [json.loads(line) for line in resumed.read_text().splitlines()]
+    key = lambda rs: [(r["window"], r["start"], r["end"], r["reply"]) for r in rs]  # noqa: E731
+    assert key(rows) == key(straight)
+
+
+def test_an_hour_from_a_growing_folder_and_from_a_url_gives_every_window_once(hour_predictor, tmp_path):
+    write_long_video(tmp_path / "hour.mp4", HOUR)
+    with served(tmp_path) as base:
+        summary, rss = _hour_stream(hour_predictor, f"{base}/hour.mp4", tmp_path / "url.jsonl")
+    assert summary["windows"] == HOUR // 4 and rss[60] - rss[5] < 40, rss
+    folder = tmp_path / "frames"
+    folder.mkdir()
+
+    def camera() -> None:  # frames arrive while the stream reads them
+        for i in range(HOUR):
+            Image.fromarray(long_frame(i)).save(folder / f"frame_{i + 1}.png")
+
+    writer = threading.Thread(target=camera)
+    writer.start()
+    summary, rss = _hour_stream(hour_predictor, str(folder), tmp_path / "folder.jsonl", idle_timeout=10.0)
+    writer.join()
+    assert summary["windows"] == HOUR // 4 and rss[60] - rss[5] < 40, rss
+    for name in ("url", "folder"):
+        windows = [json.loads(line)["window"] for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        assert windows == list(range(HOUR // 4)), name

@@ -3,14 +3,13 @@ real-time dropping; SIGINT; the native models through the same loop."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import signal
 import threading
 
 import numpy as np
 import pytest
+from media_utils import served
 from tiny_checkpoints import custom_train_args, make_custom_assets
 
 from gemma3.data.long_videos import LongVideoConfig, make_long_videos
@@ -137,15 +136,9 @@ def test_growing_frame_folder_is_followed_until_idle(predictor, tmp_path):
 
 def test_http_url_streams_like_the_file(predictor, long_video, tmp_path):
     video, _ = long_video
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(video.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/{video.name}"
-        run_stream(predictor, url, tmp_path / "http.jsonl", StreamConfig(window=2.0, stride=2.0))
-        run_stream(predictor, str(video), tmp_path / "file.jsonl", StreamConfig(window=2.0, stride=2.0))
-    finally:
-        server.shutdown()
+    with served(video.parent) as base:
+        run_stream(predictor, f"{base}/{video.name}", tmp_path / "http.jsonl", StreamConfig(window=2.0, stride=2.0))
+    run_stream(predictor, str(video), tmp_path / "file.jsonl", StreamConfig(window=2.0, stride=2.0))
     strip = lambda rs: [{k: r[k] for k in ("window", "start", "end", "frames", "reply")} for r in rs]  # noqa: E731
     assert strip(_read(tmp_path / "http.jsonl")) == strip(_read(tmp_path / "file.jsonl"))
 

@@ -8,6 +8,12 @@ figures (per window, then the session summary: mean / p95 latency and time to fi
 factor) and a timeline plot. It binds to 127.0.0.1 unless ``--host`` says otherwise. A model folder that cannot be
 loaded ends the command with a clear error before the server starts; an unreadable upload gets a message in the
 page naming the file. Each session's records are kept in ``--workdir`` (``<upload>-<id>.jsonl``).
+
+Served to others: one stream runs at a time and a second page waits in Gradio's queue, each page seeing only its
+own clip and table. Uploads over ``--max_upload_mb`` (default 200) are refused in the page; a clip is coached for
+at most ``--max_video_seconds`` (default 600) of its time, so a file with an endless frame count cannot hold the
+server; uploads and records stay in the demo's own folder (``--workdir``), under names made of safe characters.
+``--host 0.0.0.0`` warns that the page has no authentication; ``--auth user:pass`` turns on Gradio's login.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import argparse
 import logging
 import os
 import queue
+import re
 import sys
 import tempfile
 import threading
@@ -32,6 +39,9 @@ from gemma3.utils.errors import run_main
 logger = logging.getLogger(__name__)
 
 TITLE = "Exercise coach"
+MAX_UPLOAD_MB = 200.0
+MAX_VIDEO_SECONDS = 600.0
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 PLOT_EVERY_S = 2.0  # redraw the timeline at most this often while a stream runs (and once at its end)
 View = tuple[str, str, str, str, str | None]  # status, action, feedback table, figures, timeline PNG
 
@@ -60,14 +70,32 @@ def figures(records: list[dict], summary: dict | None) -> str:
     return f"window {last['window']}: latency {last['latency_s']:.2f} s, time to first token {last['ttft_s']:.2f} s"
 
 
-class CoachSession:
-    """The demo's callback state: one predictor, a folder for the stream records, one stream at a time."""
+def safe_stem(name: str, limit: int = 60) -> str:
+    """A file name's stem reduced to letters, digits, ``.``, ``_`` and ``-`` (no path separators, no shell
+    characters, at most ``limit`` long), for the files the demo writes about an upload."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._") or "upload"
+    return stem[:limit]
 
-    def __init__(self, predictor, workdir: str | Path, defaults: StreamConfig | None = None) -> None:
+
+def exposure_warning(host: str, port: int, has_auth: bool) -> str | None:
+    """What to tell the person serving the demo beyond this machine (None on loopback)."""
+    if host in LOOPBACK:
+        return None
+    tail = "" if has_auth else " -- it has no authentication (pass --auth USER:PASS)"
+    return f"the demo listens on {host}: anyone who can reach port {port} can use it{tail}"
+
+
+class CoachSession:
+    """The demo's callback state: one predictor, a folder for the stream records, one stream at a time (a second
+    page waits), at most ``max_seconds`` of each clip."""
+
+    def __init__(self, predictor, workdir: str | Path, defaults: StreamConfig | None = None,
+                 max_seconds: float = MAX_VIDEO_SECONDS) -> None:  # fmt: skip
         self.predictor = predictor
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.defaults = defaults or StreamConfig()
+        self.max_seconds = max_seconds
         self.lock = threading.Lock()
 
     def _timeline(self, records: list[dict], path: Path) -> str:
@@ -87,16 +115,22 @@ class CoachSession:
             return
         cfg = StreamConfig(window=float(window), stride=float(stride), prompt=prompt or self.defaults.prompt,
                            batch_size=1, folder_fps=self.defaults.folder_fps)  # fmt: skip
-        out = self.workdir / f"{Path(video).stem}-{uuid.uuid4().hex[:8]}.jsonl"
+        out = self.workdir / f"{safe_stem(name)}-{uuid.uuid4().hex[:8]}.jsonl"
         plot = out.with_suffix(".png")
         records: list[dict] = []
         arrived: queue.Queue = queue.Queue()
         result: dict = {}
         stop = threading.Event()
 
+        def on_record(rec: dict) -> None:
+            arrived.put(rec)
+            if rec["end"] >= self.max_seconds:  # a clip that would never end holds the server no longer
+                result["capped"] = True
+                stop.set()
+
         def work() -> None:
             try:
-                result["summary"] = run_stream(self.predictor, video, out, cfg, stop=stop, on_record=arrived.put)
+                result["summary"] = run_stream(self.predictor, video, out, cfg, stop=stop, on_record=on_record)
             except (SourceError, OSError, ValueError, RuntimeError) as err:
                 result["summary"] = {"error": str(err)}
 
@@ -127,6 +161,9 @@ class CoachSession:
             return
         if error:
             status = f"**`{name}` broke after {records[-1]['end']:.1f} s**: {error}. The windows before it are shown."
+        elif result.get("capped"):
+            status = (f"**Stopped at {records[-1]['end']:.1f} s of `{name}`**: the demo coaches at most "
+                      f"{self.max_seconds:g} s of a clip (--max_video_seconds). {len(records)} windows.")  # fmt: skip
         else:
             status = f"Done: `{name}`, {len(records)} windows."
         if "windows" not in summary:  # the stream raised: figures from the records it left
@@ -136,14 +173,16 @@ class CoachSession:
         yield status, action, feedback_table(records), figures(records, summary), timeline
 
 
-def build_demo(session: CoachSession):
+def build_demo(session: CoachSession, max_upload_mb: float = MAX_UPLOAD_MB):
     """The Gradio page: video input (upload / webcam), window settings, and the live outputs."""
     import gradio as gr
 
     d = session.defaults
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nUpload an exercise video or record one with the webcam; feedback appears as each "
-                    "window of the video is answered.")  # fmt: skip
+                    f"window of the video is answered. Uploads up to {max_upload_mb:g} MB (a larger one shows "
+                    f"*Error* and is not kept); at most {session.max_seconds:g} s of a clip is coached.",
+                    elem_id="intro")  # fmt: skip
         with gr.Row():
             with gr.Column(scale=1):
                 video = gr.Video(sources=["upload", "webcam"], label="Video", elem_id="video")
@@ -173,8 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--window", type=float, default=2.0, help="seconds (the main job's clips: 8 frames at 4 fps)")
     ap.add_argument("--stride", type=float, default=0.5)
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
-    ap.add_argument("--workdir", default=None, help="where the stream records go (default: a temporary folder)")
+    ap.add_argument("--workdir", default=None, help="where uploads and stream records go (default: a new "
+                    "temporary folder)")  # fmt: skip
+    ap.add_argument("--max_upload_mb", type=float, default=MAX_UPLOAD_MB, help="larger uploads are refused")
+    ap.add_argument("--max_video_seconds", type=float, default=MAX_VIDEO_SECONDS,
+                    help="coach at most this much of a clip")  # fmt: skip
+    ap.add_argument("--auth", default=None, metavar="USER:PASS", help="require this login (Gradio's auth)")
     args = ap.parse_args(argv)
+    if args.auth is not None and ":" not in args.auth:
+        ap.error("--auth takes USER:PASS")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -184,12 +230,21 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         logger.error("cannot load the model: %s", err)
         return 1
-    workdir = args.workdir or tempfile.mkdtemp(prefix="coach-demo-")
-    session = CoachSession(predictor, workdir, StreamConfig(window=args.window, stride=args.stride, prompt=args.prompt))
-    demo = build_demo(session)
-    logger.info("demo on http://%s:%d (stream records in %s)", args.host, args.port, workdir)
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="coach-demo-"))
+    os.environ["GRADIO_TEMP_DIR"] = str(workdir / "uploads")  # Gradio's copies of uploads stay in the demo's folder
+    defaults = StreamConfig(window=args.window, stride=args.stride, prompt=args.prompt)
+    session = CoachSession(predictor, workdir, defaults, max_seconds=args.max_video_seconds)
+    demo = build_demo(session, args.max_upload_mb)
+    warning = exposure_warning(args.host, args.port, args.auth is not None)
+    if warning:
+        logger.warning("%s", warning)
+    logger.info("demo on http://%s:%d (uploads and stream records in %s)", args.host, args.port, workdir)
+    auth = tuple(args.auth.split(":", 1)) if args.auth else None
     try:
-        demo.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, share=False)
+        demo.queue(default_concurrency_limit=1).launch(
+            server_name=args.host, server_port=args.port, share=False, auth=auth,
+            max_file_size=int(args.max_upload_mb * 1024 * 1024),  # bytes
+        )  # fmt: skip
     except OSError as err:
         logger.error("cannot serve on %s:%d: %s", args.host, args.port, err)
         return 1

@@ -28,8 +28,9 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -56,6 +57,7 @@ from gemma3.serve.prediction_files import (
     distributed_world,
     done_ids,
     drop_failed,
+    drop_torn_tail,
     finished_ids,
     merge_predictions,
     output_lock,
@@ -67,6 +69,7 @@ from gemma3.serve.prediction_files import (
 from gemma3.utils.argtypes import positive_float, positive_int
 from gemma3.utils.errors import run_main
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
@@ -288,12 +291,7 @@ def _predict_locked(
 ) -> dict:
     from tqdm import tqdm
 
-    # Repair a torn last line so appends start on a fresh line.
-    if output.exists() and output.stat().st_size:
-        with output.open("rb+") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
+    drop_torn_tail(output)  # a kill in the middle of a write: appends start on a fresh line
     lines = read_records_by_line(output)
     done = done_ids(lines)
     todo = [s for s in samples if str(s.id) not in done]
@@ -316,22 +314,33 @@ def _predict_locked(
         records, feats, kept = [], [], []
         for sample in chunk:
             prompt, reference = split_reference(sample)
-            try:
-                feats.append(predictor.encode(prompt))
+            feat, err = retried_once(lambda prompt=prompt: predictor.encode(prompt), sample.id)
+            if err is None:
+                feats.append(feat)
                 kept.append((sample, reference))
-            except Exception as err:  # unreadable media etc.: recorded, counted, retried on the next run
-                logger.warning("sample %s: %s", sample.id, err)
+            else:  # unreadable media etc.: recorded with its error, counted, tried again on the next run
                 stats["errors"] += 1
-                records.append(
-                    {"id": sample.id, "prediction": "", "reference": reference, "error": str(err), **_where(sample)}
-                )
+                records.append(_failed(sample, reference, err))
         if feats:
             t0 = time.perf_counter()
-            texts, counts = predictor.generate(feats)
+            try:
+                results = [(sample, reference, *out) for (sample, reference), *out in
+                           zip(kept, *predictor.generate(feats))]  # fmt: skip
+            except Exception as err:  # a batch that fails: each of its samples tried alone (its retry)
+                logger.warning("a batch of %d failed (%s); generating its samples one by one", len(feats), err)
+                results = []
+                for (sample, reference), feat in zip(kept, feats):
+                    try:
+                        (text,), (n,) = predictor.generate([feat])
+                        results.append((sample, reference, text, n))
+                    except Exception as alone:
+                        logger.warning("sample %s failed again alone: %s", sample.id, alone)
+                        stats["errors"] += 1
+                        records.append(_failed(sample, reference, alone))
             dt = time.perf_counter() - t0
             stats["seconds"] += dt
-            stats["new_tokens"] += sum(counts)
-            for (sample, reference), text, n in zip(kept, texts, counts):
+            for sample, reference, text, n in results:
+                stats["new_tokens"] += n
                 record = {
                     "id": sample.id,
                     "prediction": text,
@@ -351,6 +360,26 @@ def _predict_locked(
     bar.close()
     stats["tokens_per_s"] = stats["new_tokens"] / stats["seconds"] if stats["seconds"] else 0.0
     return stats
+
+
+def retried_once(attempt: Callable[[], T], sample_id) -> tuple[T | None, Exception | None]:
+    """``attempt()``, and once more if it raises (a clip still being copied, a network file system's hiccup):
+    (result, None), or (None, the second error)."""
+    for tries in (1, 2):
+        try:
+            return attempt(), None
+        except Exception as err:  # any failure of one sample must not stop the others
+            if tries == 2:
+                logger.warning("sample %s failed twice, recorded with its error: %s", sample_id, err)
+                return None, err
+            logger.info("sample %s failed (%s); retrying once", sample_id, err)
+    raise AssertionError("unreachable")
+
+
+def _failed(sample, reference, err: Exception) -> dict:
+    """The record of a sample that could not be answered: its error, so a rerun retries it."""
+    return {"id": sample.id, "prediction": "", "reference": reference, "error": f"{type(err).__name__}: {err}",
+            **_where(sample)}  # fmt: skip
 
 
 def _where(sample) -> dict:

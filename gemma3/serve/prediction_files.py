@@ -35,6 +35,30 @@ def read_records_by_line(path: Path) -> list[tuple[str, dict | None]]:
     return out
 
 
+def drop_torn_tail(path: Path) -> int:
+    """Cut a torn last line (a write that a kill interrupted) off a JSONL file; returns the bytes removed. Every
+    record is one line ending in a newline, so the file is whole up to its last newline."""
+    if not path.exists() or not path.stat().st_size:
+        return 0
+    with path.open("rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            f.seek(start)
+            chunk = f.read(end - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        else:
+            keep = 0
+        if keep < size:
+            f.truncate(keep)
+    return size - keep
+
+
 def done_ids(lines: list[tuple[str, dict | None]]) -> set[str]:
     """Ids written with a result (a torn line from a kill is ignored; records with an ``error`` field do not count:
     they are retried)."""

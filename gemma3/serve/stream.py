@@ -335,8 +335,19 @@ def run_stream(predictor, source: str, output: str | Path, cfg: StreamConfig | N
     processing = getattr(predictor, "processing", None)
     windower = Windower(window, stride, short_side=getattr(processing, "image_size", None) or NATIVE_MAX_SIDE)
     stop = stop or threading.Event()
-    ready: queue.Queue = queue.Queue()
+    # A file is read as fast as the model answers, not faster: a bounded queue keeps an hour-long video from
+    # piling up decoded windows in memory. Real time never waits for the model (stale windows are dropped).
+    ready: queue.Queue = queue.Queue(maxsize=0 if cfg.realtime else 2 * cfg.batch_size)
     state = {"error": None, "last_t": 0.0, "dropped": 0, "busy": 0.0}
+
+    def put(item) -> None:
+        while True:
+            try:
+                ready.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if stop.is_set():  # the consumer has stopped: nobody reads this any more
+                    return
 
     def produce() -> None:
         try:
@@ -346,16 +357,16 @@ def run_stream(predictor, source: str, output: str | Path, cfg: StreamConfig | N
                     break
                 state["last_t"] = t
                 for w in windower.push(t, frame):
-                    ready.put(w)
+                    put(w)
             if not stop.is_set():
                 for w in windower.flush():
-                    ready.put(w)
+                    put(w)
         except SourceError as err:
             state["error"] = str(err)
             for w in windower.flush():  # what was read before the break still counts
-                ready.put(w)
+                put(w)
         finally:
-            ready.put(None)
+            put(None)
 
     records: list[dict] = []
     busy = f"{output}: another stream is writing this file; wait for it or use another --output"
@@ -387,6 +398,8 @@ def run_stream(predictor, source: str, output: str | Path, cfg: StreamConfig | N
                     batch = batch[-1:]
                 batch = [w for w in batch if w.index not in done]
                 for i in range(0, len(batch), 1 if cfg.realtime else cfg.batch_size):
+                    if stop.is_set():  # asked to stop (SIGINT, the demo's limit): no more answers
+                        break
                     part = batch[i : i + (1 if cfg.realtime else cfg.batch_size)]
                     began = time.perf_counter()
                     answered = answer(predictor, part, cfg.prompt)
