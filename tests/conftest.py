@@ -51,6 +51,7 @@ LONG_FIRST = (  # by the files' total time in a full run on the 2-core AVX2 mach
     "test_two_ranks.py",
     "test_native.py",
     "test_train.py",
+    "test_reliability.py",
     "test_rehearsal.py",
     "test_pipeline.py",
     "test_export.py",

@@ -43,6 +43,17 @@ def write_json(path: str | Path, obj) -> Path:
     return path
 
 
+def rotate_mp4(src: str | Path, dst: str | Path) -> Path:
+    """A copy of an MP4 made as a phone's portrait clip is: the frames stored as they are and the track header's
+    matrix turning them 90 degrees clockwise for display (the tkhd matrix starts 40 bytes after the box's type;
+    the encoder wrote identity)."""
+    data = bytearray(Path(src).read_bytes())
+    matrix = data.find(b"tkhd") + 4 + 40
+    data[matrix : matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
 def write_awkward_clips(folder: str | Path, size: int = 32) -> dict[str, Path]:
     """The ways real files differ from clean clips, written with PyAV: four that cannot be read (truncated, zero
     bytes, audio only, a PNG named .mp4) and four that must be (2 frames, 10-bit, a portrait phone clip's rotation
@@ -92,13 +103,7 @@ def write_awkward_clips(folder: str | Path, size: int = 32) -> dict[str, Path]:
     Image.fromarray(frames[0]).save(out["still_image"], format="PNG")
     out["two_frames"] = encode(folder / "two_frames.mp4", n=2)
     out["ten_bit"] = encode(folder / "ten_bit.mp4", pix_fmt="yuv420p10le")
-    # A phone's portrait clip: the frames stored sideways and the track header's matrix turning them 90 degrees
-    # clockwise for display (the tkhd matrix starts 40 bytes after the box's type; identity is written).
-    data = bytearray(out["good"].read_bytes())
-    matrix = data.find(b"tkhd") + 4 + 40
-    data[matrix : matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
-    out["rotated"] = folder / "rotated.mp4"
-    out["rotated"].write_bytes(bytes(data))
+    out["rotated"] = rotate_mp4(out["good"], folder / "rotated.mp4")
     gaps = [0, *[40, 200, 40, 90, 300] * 3]  # milliseconds between frames
     out["variable_frame_rate"] = encode(folder / "variable_frame_rate.mp4", pts_ms=[int(t) for t in np.cumsum(gaps)])
     return out

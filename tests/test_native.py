@@ -24,6 +24,7 @@ from gemma3.data.formats import Media, Sample, load_annotations
 from gemma3.data.plugins import NativeVLMPlugin
 from gemma3.model import families
 from gemma3.train import train as T
+from gemma3.utils.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "scripts" / "recipes"
@@ -319,7 +320,7 @@ def test_recipe2_gemma4_lora_adapter_only_with_rotation_and_peft_reload(root, tm
 
 def test_recipe3_qlora_needs_cuda_and_adapts_clipped_vision_linears(root, tmp_path):
     argv = _recipe_argv(root, "gemma4_qlora_pets", "gemma4", "pets.json", tmp_path / "q")
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
         T.main(argv)
     # The same recipe without 4-bit kernels (CPU): all-linear on text + vision, 2 steps.
     res = T.main([*argv, "--bits", "16"])

@@ -19,6 +19,7 @@ import torch
 from tiny_checkpoints import custom_train_args, make_custom_assets
 
 from gemma3.train.train import reshard, zero_checkpoint_world_size
+from gemma3.utils.errors import CheckpointError
 
 REPO = Path(__file__).resolve().parents[1]
 ZERO2, ZERO3 = str(REPO / "scripts" / "zero2.json"), str(REPO / "scripts" / "zero3.json")
@@ -140,7 +141,7 @@ def test_a_zero_checkpoint_from_another_world_size_gets_one_clear_error(tmp_path
     with pytest.raises(ValueError, match="written by DeepSpeed ZeRO on 2 ranks"):
         reshard(ckpt, args)
     args.deepspeed = ZERO2
-    with pytest.raises(RuntimeError, match="(?s)written by 2 ranks, this run has 1.*Resume with 2 ranks"):
+    with pytest.raises(CheckpointError, match="(?s)written by 2 ranks, this run has 1.*Resume with 2 ranks"):
         reshard(ckpt, args)
     args.world_size = 2  # the same world size: nothing to do
     reshard(ckpt, args)

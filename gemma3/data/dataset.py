@@ -82,6 +82,7 @@ class SupervisedDataset(Dataset):
         template: ChatTemplate | None,
         max_length: int | None = None,
         max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
+        with_sample_index: bool = False,
     ) -> None:
         if not samples:
             raise ValueError("the dataset is empty")
@@ -91,6 +92,7 @@ class SupervisedDataset(Dataset):
         self.template = template
         self.max_length = max_length
         self.max_bad_fraction = max_bad_fraction
+        self.with_sample_index = with_sample_index  # each example also carries `SAMPLE_INDEX`
         self.stats = DataStats(len(self.samples))
 
     def __len__(self) -> int:
@@ -112,7 +114,8 @@ class SupervisedDataset(Dataset):
             if self.stats.is_bad(j):
                 continue
             try:
-                return {**self._encode(j), SAMPLE_INDEX: torch.tensor(j)}
+                feats = self._encode(j)
+                return {**feats, SAMPLE_INDEX: torch.tensor(j)} if self.with_sample_index else feats
             except (MediaError, AnnotationError, ValueError, OSError) as err:
                 s = self.samples[j]
                 kind = skip_kind(err)

@@ -98,8 +98,9 @@ def setup(
     return model, processor, processing, plugin, template
 
 
-def build_datasets(data_args: DataArguments, plugin, tokenizer, template):
-    """Training (and optional eval) datasets from annotation files or registered dataset names."""
+def build_datasets(data_args: DataArguments, plugin, tokenizer, template, with_sample_index: bool = False):
+    """Training (and optional eval) datasets from annotation files or registered dataset names; with
+    ``with_sample_index`` each example also carries its position (the trainer names a batch's samples by it)."""
 
     def make(spec: str):
         samples = []
@@ -114,6 +115,7 @@ def build_datasets(data_args: DataArguments, plugin, tokenizer, template):
             template,
             max_length=data_args.max_length,
             max_bad_fraction=data_args.max_bad_fraction,
+            with_sample_index=with_sample_index,
         )
 
     train = make(data_args.data_path)

@@ -242,7 +242,7 @@ def _train(model_args: ModelArguments, data_args: DataArguments, train_args: Tra
     if train_args.gradient_checkpointing and not train_args.gradient_checkpointing_kwargs:
         train_args.gradient_checkpointing_kwargs = {"use_reentrant": False}  # works with frozen inputs
     train_args.remove_unused_columns = False
-    train_ds, eval_ds = build_datasets(data_args, plugin, processor, template)
+    train_ds, eval_ds = build_datasets(data_args, plugin, processor, template, with_sample_index=True)
 
     out = Path(train_args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
