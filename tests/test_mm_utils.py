@@ -148,3 +148,39 @@ def test_expander_uses_model_counts():
 
     e = MediaExpander(Cfg())
     assert e(VIDEO_TAG) == [7] * 5 and e(IMAGE_TAG) == [6] * 3
+
+
+def test_reading_a_long_file_holds_an_index_not_its_packets(tmp_path):
+    """16 frames of a 20-minute file (64 px, 30 fps, ~80 MB of nearly incompressible texture): the reader's peak
+    memory grows by a small fraction of the file (an index of timestamps and the decoder's frames in flight), not
+    by the file's size, as it did when every compressed packet was held before decoding."""
+    import subprocess
+    import sys
+
+    import av
+
+    clip = tmp_path / "long.mp4"
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    with av.open(str(clip), "w") as c:
+        stream = c.add_stream("libx264", rate=30)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "10", "g": "300"}
+        for i in range(30 * 60 * 20):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.roll(texture, i, axis=1), format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    size_mb = clip.stat().st_size / 2**20
+    probe = (
+        "import sys\nfrom pathlib import Path\nfrom gemma3.data.media import read_video\n"
+        "def peak():\n    return next(int(l.split()[1]) for l in Path('/proc/self/status').read_text().splitlines()"
+        " if l.startswith('VmHWM')) / 1024\n"
+        "import av\nbefore = peak()  # after the libraries are loaded\nv = read_video(sys.argv[1], 16)\n"
+        "print(len(v.frames), peak() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe, str(clip)], capture_output=True, text=True, timeout=300)
+    frames, growth = out.stdout.split()
+    assert int(frames) == 16 and size_mb > 60
+    assert float(growth) < size_mb / 4, (growth, size_mb)

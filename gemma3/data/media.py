@@ -7,6 +7,7 @@ Readers: PyAV first (the keyframe-aware, frame-threaded reader), decord when PyA
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
@@ -144,11 +145,12 @@ def _read_decord(path: Path, num_frames: int, mode: str, fps: float) -> VideoFra
 def _read_pyav(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrames:
     """Keyframe-aware PyAV reader: decodes only the frames between each wanted frame and the keyframe before it.
 
-    The compressed packets are read once (demuxing, no decoding) to index the frames in presentation order and find
-    the keyframes. For each wanted frame the decoder continues forward when no keyframe lies between where it is and
-    the target, else it jumps to that keyframe: frames between two wanted frames that sit in different GOPs are never
-    decoded, and neither are unwanted non-reference frames (B-frames nothing refers to). Frame-threaded decoding uses
-    the machine's cores. Same frame indices and pixels as decord's ``get_batch``.
+    A first pass over the file reads each compressed packet's header (its timestamp and whether it is a keyframe)
+    and drops its data at once, so memory holds an index of a few numbers per frame, never the file: an hour of
+    video costs a few MB of index. For each wanted frame the decoder continues forward when no keyframe lies
+    between where it is and the target, else it seeks to that keyframe: frames between two wanted frames that sit
+    in different GOPs are never decoded, and neither are unwanted non-reference frames (B-frames nothing refers
+    to). Frame-threaded decoding uses the machine's cores. Same frame indices and pixels as decord's ``get_batch``.
     """
     import av
 
@@ -162,31 +164,42 @@ def _read_pyav(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrame
         stream.thread_type = "AUTO"
         stream.codec_context.thread_count = min(16, 2 * (os.cpu_count() or 1))  # frames in flight: keeps cores busy
         src_fps = float(stream.average_rate) if stream.average_rate else None
-        packets = [p for p in container.demux(stream) if p.pts is not None and p.size]  # decode order
-        if not packets:
+        pts, keyframes = [], []
+        for packet in container.demux(stream):  # headers only: each packet's data is released as it is read
+            if packet.pts is not None and packet.size:
+                pts.append(packet.pts)
+                if packet.is_keyframe:
+                    keyframes.append(packet.pts)
+        if not pts:
             raise MediaError(f"{path}: no video packets", kind="no frames")
-        order = sorted(range(len(packets)), key=lambda j: packets[j].pts)  # presentation order
-        frame_pts = [packets[j].pts for j in order]
+        frame_pts = sorted(pts)  # presentation order
+        keyframes.sort()
         idx = sample_frame_indices(len(frame_pts), num_frames, mode, src_fps, fps)
-        keyframes = [j for j, p in enumerate(packets) if p.is_keyframe]
         wanted = {frame_pts[i] for i in idx}
         codec = stream.codec_context
         got: dict[int, np.ndarray] = {}
         rotation = 0  # the display matrix's angle (degrees, counter-clockwise), from the decoded frames
-        pos = 0  # next packet to feed the decoder
+        packets = None  # the demuxer, from the last keyframe sought
+        fed = -math.inf  # the latest timestamp fed to the decoder since then
         pending: list = []  # decoded frames at or after the current target, in presentation order
         for i in sorted(set(idx)):
             target = frame_pts[i]
             pending = [f for f in pending if f.pts >= target]
-            start = max((j for j in keyframes if packets[j].pts <= target), default=0)
-            if not pending and start > pos:  # the target's GOP is ahead: jump to its keyframe
-                pos = start
+            k = bisect.bisect_right(keyframes, target) - 1
+            start = keyframes[k] if k >= 0 else frame_pts[0]
+            if not pending and (packets is None or start > fed):  # the target's GOP is ahead: seek to its keyframe
+                container.seek(start, stream=stream, backward=True, any_frame=False)
+                codec.flush_buffers()
+                packets, fed = container.demux(stream), -math.inf
             while not pending:
-                if pos < len(packets):
+                packet = next(packets, None)
+                if packet is not None:
+                    if packet.pts is None or not packet.size:
+                        continue
                     # A frame no other frame refers to (a non-reference B-frame) is skipped unless it is wanted.
-                    codec.skip_frame = "DEFAULT" if packets[pos].pts in wanted else "NONREF"
-                    out = codec.decode(packets[pos])
-                    pos += 1
+                    codec.skip_frame = "DEFAULT" if packet.pts in wanted else "NONREF"
+                    out = codec.decode(packet)
+                    fed = max(fed, packet.pts)
                 else:
                     out = codec.decode(None)  # drain the frames the decoder still holds
                     if not out:
