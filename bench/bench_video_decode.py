@@ -14,7 +14,8 @@ keyframes every 2-10 s (B-frames: x264 veryfast), a 20 s keyframe interval, vari
 phone's rotation matrix; plus every clip in ``--videos DIR`` (real footage: see bench/README.md). Checked per
 clip: the same indices, and the model-input tensors within ``TOLERANCE`` (3 intensity levels over the smallest CLIP
 std: the decoders' YUV to RGB conversions may differ by a level or two, and the uint8 resize rounds to whole
-levels). ``--memory``: each loader's peak memory growth reading the clip, in a fresh process, beside the file's
+levels; on 10-bit clips the mean difference within 2 levels, as the decoders dither their 10-to-8-bit conversions
+differently). ``--memory``: each loader's peak memory growth reading the clip, in a fresh process, beside the file's
 size.
 
     python bench/bench_video_decode.py [--frames 8 16] [--repeats 5] [--videos DIR] [--memory]
@@ -186,6 +187,15 @@ def peak_growth_mb(path: Path, frames: int, who: str) -> float:
     return float(out.stdout.split()[-1])
 
 
+def high_bit_depth(path: Path) -> bool:
+    """Whether the clip's pixels have more than 8 bits (``yuv420p10le`` and the like)."""
+    import av
+
+    with av.open(str(path)) as c:
+        fmt = c.streams.video[0].codec_context.pix_fmt or ""
+    return any(tag in fmt for tag in ("10", "12", "16"))
+
+
 def best(times: dict, prefix: str) -> tuple[str, float] | None:
     """The fastest of a baseline's thread settings: (label, seconds)."""
     found = [(label, t) for label, t in times.items() if label.startswith(prefix) and "same resize" in label]
@@ -217,16 +227,21 @@ def main() -> None:
                 runs = loaders(path, frames)
                 reference, ref_idx = runs["decord threads=1 + same resize"]()
                 times = {}
+                print(f"\n{name} ({path.stat().st_size / 2**20:.1f} MB), {frames} frames")
+                deep = high_bit_depth(path)
                 for label, fn in runs.items():
                     out, idx = fn()
-                    if idx != ref_idx:
-                        raise SystemExit(f"{name}: {label} took frames {idx}, decord {ref_idx}")
-                    diff = float((out - reference).abs().max())
-                    if diff > TOLERANCE:
-                        raise SystemExit(f"{name}: {label} differs from decord by {diff:.4f} > {TOLERANCE:.4f}")
+                    # 10-bit sources: each decoder's 10-to-8-bit conversion dithers its own way (single pixels
+                    # differ by up to ~35 levels between any two of them), so there the mean must agree
+                    diff = float((out - reference).abs().mean() if deep else (out - reference).abs().max())
+                    if idx != ref_idx or diff > (TOLERANCE / 1.5 if deep else TOLERANCE):  # not the same frames
+                        if label == OURS:
+                            raise SystemExit(f"{name}: ours took frames {idx} (decord {ref_idx}), max diff {diff:.4f}")
+                        print(f"  {label:42s} not the same frames (indices {'equal' if idx == ref_idx else idx}, "
+                              f"max diff {diff:.4f} > {TOLERANCE:.4f}): not timed")  # fmt: skip
+                        continue
                     times[label] = median_time(fn, args.repeats)
                 ours = times[OURS]
-                print(f"\n{name} ({path.stat().st_size / 2**20:.1f} MB), {frames} frames")
                 for label, t in times.items():
                     print(f"  {label:42s} {t:7.3f} s")
                 for who in ratios:
