@@ -24,7 +24,6 @@ size.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).res
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from timing import median_time  # noqa: E402
+from timing import cpu_line, median_time  # noqa: E402
 
 from gemma3.constants import CLIP_MEAN, CLIP_STD, VIDEO_EXTENSIONS  # noqa: E402
 from gemma3.data.media import preprocess_frames, read_video, sample_frame_indices  # noqa: E402
@@ -52,15 +51,6 @@ CLIPS = [  # (name, width, height, seconds, keyframe interval s, what else)
     ("720p-20s-10bit", 1280, 720, 20, 5, {"pix_fmt": "yuv420p10le"}),
     ("720p-20s-rotated", 1280, 720, 20, 5, {"rotated": True}),
 ]
-
-
-def cpu_line() -> str:
-    """The CPU model and the vector features that decide the speed here."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set(info.split())
-    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-                 platform.processor())  # fmt: skip
-    return f"{model} ({', '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags)})"
 
 
 def write_clip(path: Path, width: int, height: int, seconds: int, gop_s: int, fps: int = 30, seed: int = 0,

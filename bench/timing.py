@@ -1,9 +1,20 @@
-"""Shared timing for the bench scripts: median wall time of repeated calls after one warm-up."""
+"""Shared by the bench scripts: median wall time of repeated calls after one warm-up, and the CPU they ran on."""
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
+from pathlib import Path
+
+
+def cpu_line() -> str:
+    """The CPU model and the vector features that decide the speed here (AVX2 / AVX512 / BF16 / AMX)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = set(info.split())
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                 platform.processor())  # fmt: skip
+    return f"{model} ({', '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags)})"
 
 
 def median_time(fn, repeats: int, warmup: bool = True) -> float:

@@ -16,10 +16,11 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from transformers.trainer_utils import get_last_checkpoint
 
 from gemma3.utils.errors import UserError
 from gemma3.utils.locks import exclusive_lock
@@ -112,25 +113,20 @@ def check_resume_arguments(checkpoint: str | Path, hparams: dict) -> None:
         )
 
 
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    """The newest ``checkpoint-N`` folder in ``output_dir`` (None when there is none)."""
-    found = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.rpartition("-")[2] or -1))
-    return str(found[-1]) if found else None
-
-
-def nonfinite_loss(loss: torch.Tensor, step: int, sample_ids: list[str], output_dir: str | Path, policy: str) -> bool:
+def nonfinite_loss(loss: torch.Tensor, step: int, sample_ids: Callable[[], list[str]], output_dir: str | Path,
+                   policy: str) -> bool:  # fmt: skip
     """Whether ``loss`` is NaN or infinite: with ``stop`` raise `NonFiniteLossError`, with ``skip`` log it and
-    return True (the caller then makes the batch change nothing)."""
+    return True (the caller then makes the batch change nothing). ``sample_ids()`` names the batch's samples."""
     value = float(loss.detach().float().sum())
     if math.isfinite(value):
         return False
-    ids = ", ".join(sample_ids) or "unknown"
+    ids = ", ".join(sample_ids()) or "unknown"
     if policy == "skip":
         logger.warning(
             "step %d: loss is %s on samples [%s]; batch skipped (--on_nonfinite_loss skip)", step, value, ids
         )
         return True
-    kept = last_checkpoint(output_dir)
+    kept = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
     raise NonFiniteLossError(
         f"step {step}: the loss is {value} on samples [{ids}]; training stopped. The last good checkpoint is "
         f"{kept or 'none (no checkpoint was saved yet)'}; resume from it with a lower learning rate, check those "

@@ -116,11 +116,13 @@ class VideoGemmaTrainer(Trainer):
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
         loss = result[0] if return_outputs else result
-        dataset = self.train_dataset if model.training else self.eval_dataset
-        samples = getattr(dataset, "samples", None)
-        ids = [str(samples[i].id) for i in index.tolist()] if index is not None and samples is not None else []
+        samples = getattr(self.train_dataset if model.training else self.eval_dataset, "samples", None)
+
+        def batch_ids() -> list[str]:  # looked up only when the loss is not finite
+            return [str(samples[i].id) for i in index.tolist()] if index is not None and samples is not None else []
+
         policy = getattr(self.args, "on_nonfinite_loss", "stop")
-        if nonfinite_loss(loss, self.state.global_step + 1, ids, self.args.output_dir, policy):
+        if nonfinite_loss(loss, self.state.global_step + 1, batch_ids, self.args.output_dir, policy):
             # zero gradients for every trainable tensor: the batch changes nothing (NaN * 0 would stay NaN)
             zero = sum(p.reshape(-1)[:1].sum() * 0.0 for p in model.parameters() if p.requires_grad)
             loss = torch.zeros((), device=loss.device, dtype=loss.dtype) + zero
