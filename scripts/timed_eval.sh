@@ -16,5 +16,5 @@ OUT=${OUT:-runs/timed}
 python3 -m gemma3.data.coach --out "$OUT/data" --seed "${SEED:-1000}" --sessions "${SESSIONS:-8}" --clips_per_label 2
 python3 eval/evaluate.py --benchmark qevd_fit_coach --model_path "$MODEL" \
   --annotations "qevd_fit_coach:$OUT/data:benchmark" --output_dir "$OUT/report" \
-  --window "${WINDOW:-2}" --stride "${STRIDE:-0.5}" --min_windows "${MIN_WINDOWS:-2}" --speak_on form \
+  --window "${WINDOW:-2}" --stride "${STRIDE:-0.5}" --min_windows "${MIN_WINDOWS:-3}" --speak_on form \
   --tolerance "${TOLERANCE:-3.0}" --feedback_time "${FEEDBACK_TIME:-end}"

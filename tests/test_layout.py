@@ -22,9 +22,10 @@ FLOORS: list[set[str]] = [
     {"gemma3.model"},
     {"gemma3.train", "gemma3.serve", "gemma3.export"},
     {"gemma3.evaluation"},
+    {"gemma3.presets"},
     {"gemma3.pipeline", "gemma3.cli"},
 ]
-ROOT_MODULES = {"__init__.py", "constants.py", "cli.py", "pipeline.py"}
+ROOT_MODULES = {"__init__.py", "constants.py", "cli.py", "pipeline.py", "presets.py"}
 CLI_NAMES = {"main", "build_parser"}  # every command has these; they are never imported by name elsewhere
 # Registered names, compared only inside their registries.
 FAMILY_NAMES = {"custom", "native", "gemma3", "gemma3n", "gemma4", "video_gemma"}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tiny_checkpoints import make_llm
 
-from gemma3 import pipeline
+from gemma3 import pipeline, presets
 from gemma3.data.synthetic import SyntheticConfig, make_synthetic_dataset
 
 # Two actions that differ in every frame's brightness trend, at the cpu preset's frame size: learnable by the tiny
@@ -29,6 +29,7 @@ def test_whole_pipeline_tiny_learns_above_chance_and_reruns_identically(tmp_path
         return [
             "--preset", "cpu", "--model_id", str(llm), "--data_dir", str(data), "--output_dir", str(output_dir),
             "--report_to", "none", "--pretrain_steps", "12", "--finetune_steps", "30", "--batch", "4",
+            "--encoder_warmup_steps", "40",
             "--eval_batch", "8", "--lr", "3e-3",
         ]  # fmt: skip
 
@@ -61,6 +62,10 @@ def test_whole_pipeline_tiny_learns_above_chance_and_reruns_identically(tmp_path
         "finetune_loss.png",
         "pretrain.log",
         "finetune.log",
+        "warmup.log",
+        "warmup/warmup.json",
+        "warmup/image_encoder/config.json",
+        "warmup/videomamba_warmup.pth",
     ):
         assert (out / f).exists(), f
     assert "Trainable parameters" in (out / "finetune.log").read_text()
@@ -68,10 +73,11 @@ def test_whole_pipeline_tiny_learns_above_chance_and_reruns_identically(tmp_path
     again = pipeline.main(argv)
     assert again["test_accuracy"] == summary["test_accuracy"] and again["inference"]["done"] == 0
     # A same-seed rerun in a new process (as a user reruns the script) into a new output folder, from the same
-    # pretrained projectors and encoders (the pretrain stage is the same training code), finetunes to the same losses
+    # warmed-up encoders and pretrained projectors (the same training code), finetunes to the same losses
     # and writes the same predictions.
     rerun_out = tmp_path / "rerun"
     shutil.copytree(out / "pretrain", rerun_out / "pretrain")
+    shutil.copytree(out / "warmup", rerun_out / "warmup")
     subprocess.run([sys.executable, "-m", "gemma3.pipeline", *argv_for(rerun_out)], cwd=root, check=True)
     rerun = json.loads((rerun_out / "results.json").read_text())
     losses = [json.loads((o / "finetune" / "log_history.json").read_text()) for o in (out, rerun_out)]
@@ -85,13 +91,13 @@ def test_stage_arguments_are_the_training_entry_points_own(tmp_path):
     """The pipeline's typed stage arguments parse with the training parser (no stray or misspelt keys)."""
     from gemma3.train.arguments import argument_parser, check_arguments
 
-    cfg = pipeline.PipelineConfig("cpu", pipeline.PRESETS["cpu"], tmp_path / "d", tmp_path / "o", report_to="none")
+    cfg = pipeline.PipelineConfig("cpu", presets.PRESETS["cpu"], tmp_path / "d", tmp_path / "o", report_to="none")
     src = pipeline.ModelSources(llm="x", image_encoder=None, image_encoder_config="c.json", encoders_from_scratch=True)
     args = pipeline._stage_arguments(cfg, src, "finetune", tmp_path / "o" / "ft", 5, use_lora=True)
     m, _, t = check_arguments(*argument_parser().parse_dict(args))
     assert (m.image_encoder, m.use_lora, m.num_frames, t.max_steps, t.stage) == (None, True, 8, 5, "finetune")
-    assert (m.projector_norm, t.bf16) == ("input", pipeline.cpu_computes_bf16())  # the cpu preset's (see PRESETS)
-    gpu = pipeline.PipelineConfig("gpu", pipeline.PRESETS["gpu"], tmp_path / "d", tmp_path / "o")
+    assert (m.projector_norm, t.bf16) == ("input", presets.cpu_computes_bf16())  # the cpu preset's (see PRESETS)
+    gpu = pipeline.PipelineConfig("gpu", presets.PRESETS["gpu"], tmp_path / "d", tmp_path / "o")
     args = pipeline._stage_arguments(gpu, src, "pretrain", tmp_path / "o" / "pre", 0)
     assert args["deepspeed"].endswith("scripts/zero2.json") and args["num_train_epochs"] == 1.0
 
@@ -101,8 +107,8 @@ def test_cpu_bf16_only_where_the_cpu_computes_in_bf16(tmp_path):
     cases = (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True), ("amx_bf16 amx_tile", True))
     for flags, expected in cases:
         info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-        assert pipeline.cpu_computes_bf16(info) is expected
-    assert pipeline.cpu_computes_bf16(tmp_path / "missing") is False
+        assert presets.cpu_computes_bf16(info) is expected
+    assert presets.cpu_computes_bf16(tmp_path / "missing") is False
 
 
 def test_gpu_preset_learning_rates_reach_the_optimizer(tmp_path, gemma270m_dir):
@@ -118,7 +124,7 @@ def test_gpu_preset_learning_rates_reach_the_optimizer(tmp_path, gemma270m_dir):
     data = make_dataset(tmp_path, n=2)
     (tmp_path / "clip.json").write_text(json.dumps(CLIP_CFG))
     (tmp_path / "vm.json").write_text(json.dumps(VIDEOMAMBA_CFG))
-    gpu = pipeline.PRESETS["gpu"]
+    gpu = presets.PRESETS["gpu"]
     visual = dataclasses.replace(gpu.visual, num_frames=4, keyframe_chunk_size=2, keyframes_per_chunk=1,
                                  image_output_grid=2, video_output_grid=2, video_size="tiny")  # fmt: skip
     preset = dataclasses.replace(gpu, visual=visual, encoder_lr=3e-5, finetune_steps=1, batch=2, grad_accum=1,

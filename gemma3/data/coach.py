@@ -245,11 +245,13 @@ def generated_info(root: str | Path) -> dict | None:
 
 def specs(root: str | Path) -> dict[str, str]:
     """The release specs of a coach dataset: ``train`` / ``test`` short clips (answered with the coach's sentence),
-    ``train_labels`` (the train clips answered with their labels), ``sessions`` (the long videos)."""
+    ``train_labels`` / ``test_labels`` (the same clips answered with their labels), ``sessions`` (the long
+    videos)."""
     return {
         "train": f"qevd_fit_300k:{root}:train",
         "test": f"qevd_fit_300k:{root}:test",
         "train_labels": f"qevd_fit_300k_labels:{root}:train",
+        "test_labels": f"qevd_fit_300k_labels:{root}:test",
         "sessions": f"qevd_fit_coach:{root}:benchmark",
     }
 
@@ -259,12 +261,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default="data/qevd_coach")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--clips_per_label", type=int, default=CoachConfig.clips_per_label)
+    ap.add_argument("--test_fraction", type=float, default=CoachConfig.test_fraction)
     ap.add_argument("--sessions", type=int, default=CoachConfig.sessions)
     ap.add_argument("--size", type=int, default=CoachConfig.size)
     ap.add_argument("--preview", default=None, help="only write a contact sheet of the short clips to this PNG")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = CoachConfig(seed=args.seed, clips_per_label=args.clips_per_label, sessions=args.sessions, size=args.size)
+    cfg = CoachConfig(seed=args.seed, clips_per_label=args.clips_per_label, sessions=args.sessions, size=args.size,
+                      test_fraction=args.test_fraction)  # fmt: skip
     if args.preview:
         print(preview_png(args.preview, cfg))
         return

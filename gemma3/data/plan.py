@@ -24,6 +24,7 @@ class DataPlan:
     classes: tuple[str, ...] = ()
     sessions: str | None = None  # long videos to stream (a qevd_fit_coach spec)
     pretrain: str | None = None  # what the pretrain stage trains on, when not ``train``
+    test_labels: str | None = None  # the test clips answered with their labels (the encoder warm-up's held-out score)
 
 
 def data_plan(data_dir: Path) -> DataPlan:
@@ -37,18 +38,20 @@ def data_plan(data_dir: Path) -> DataPlan:
     # token depends on the video; on the sentences alone (one visual token in fifteen) the visual path learned
     # nothing (exercise accuracy 0.34, form 0.11, train and test alike).
     return DataPlan(f"{spec['train']},{spec['train_labels']}", spec["test"], sessions=spec["sessions"],
-                    pretrain=spec["train_labels"])  # fmt: skip
+                    pretrain=spec["train_labels"], test_labels=spec["test_labels"])  # fmt: skip
 
 
-def prepare_data(data_dir: Path, clips_per_label: int, num_frames: int, seed: int, sessions: int = 4) -> DataPlan:
+def prepare_data(data_dir: Path, clips_per_label: int, num_frames: int, seed: int, sessions: int = 4,
+                 test_fraction: float = CoachConfig.test_fraction) -> DataPlan:  # fmt: skip
     """The data in ``data_dir``: a prepared dataset, or a QEVD download (``fine_grained_labels.json`` not written by
     the generator), is used as it is; otherwise the rendered coach dataset is generated there (kept when a
     complete one with these parameters is there already, checksums verified)."""
     plan = data_plan(data_dir)
     real_qevd = (data_dir / "fine_grained_labels.json").exists() and generated_info(data_dir) is None
     if plan.sessions is not None and not real_qevd:
-        logger.info("[1/6] the rendered coach dataset in %s", data_dir)
-        cfg = CoachConfig(seed=seed, clips_per_label=clips_per_label, clip_frames=num_frames, sessions=sessions)
+        logger.info("[1/7] the rendered coach dataset in %s", data_dir)
+        cfg = CoachConfig(seed=seed, clips_per_label=clips_per_label, clip_frames=num_frames, sessions=sessions,
+                          test_fraction=test_fraction)  # fmt: skip
         make_coach_dataset(data_dir, cfg)
     if plan.sessions is not None and not (sessions and (data_dir / BENCHMARK / "feedbacks_long_range.json").exists()):
         return dataclasses.replace(plan, sessions=None)  # none asked for, or a QEVD download without them

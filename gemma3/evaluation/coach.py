@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gemma3.data.releases.qevd import QEVDFit300K
 from gemma3.evaluation.evaluate import evaluate, stream_model_then_evaluate
-from gemma3.serve.feedback import form_label_key
+from gemma3.serve.feedback import COACH_SETTLE_WINDOWS, form_label_key
 from gemma3.serve.stream import StreamConfig
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ class StreamPlan:
 
     window: float = 2.0
     stride: float = 0.5
-    min_windows: int = 2
+    min_windows: int = COACH_SETTLE_WINDOWS
     batch_size: int = 16
     max_new_tokens: int = 32
 

@@ -58,6 +58,13 @@ def choose_placeholder_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int
     return image_id, video_id
 
 
+def video_encoder_config_for(visual: VisualTokens, image_size: int, overrides: dict | None = None) -> VideoMambaConfig:
+    """VideoMamba's config in the custom model: the named size (``visual.video_size``) at CLIP's image size and the
+    key-frame count, with ``overrides`` (the fields of an encoder built without a checkpoint)."""
+    fields = {"img_size": image_size, "num_frames": visual.num_keyframes, **(overrides or {})}
+    return VideoMambaConfig.from_size(visual.video_size, **fields)
+
+
 def custom_config(
     text_config,
     clip_config,
@@ -74,10 +81,7 @@ def custom_config(
     visual.check()
     image_id, video_id = choose_placeholder_ids(tokenizer)
     grid = clip_config.image_size // clip_config.patch_size
-    vm_cfg = VideoMambaConfig.from_size(
-        visual.video_size,
-        **{"img_size": clip_config.image_size, "num_frames": visual.num_keyframes, **(video_encoder_config or {})},
-    )
+    vm_cfg = video_encoder_config_for(visual, clip_config.image_size, video_encoder_config)
     return VideoGemmaConfig(
         text_config=text_config,
         vision_config=clip_config,

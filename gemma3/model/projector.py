@@ -32,7 +32,7 @@ class ETPProjector(nn.Module):
     RMS-normalises the encoder tokens before the MLP, as Gemma 3's own multimodal projector does. With ``output`` a
     component shared by every video (what a frozen language model first needs: the answer format) takes its share of
     a fixed norm from what tells videos apart; encoders trained from scratch collapsed that way (``input`` keeps them
-    apart: see the cpu preset in `gemma3.pipeline`).
+    apart: see the cpu preset in `gemma3.presets`).
     """
 
     def __init__(

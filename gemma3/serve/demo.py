@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from gemma3.serve.feedback import feedback_events, form_label_key, stream_png
+from gemma3.serve.feedback import COACH_SETTLE_WINDOWS, feedback_events, form_label_key, stream_png
 from gemma3.serve.inference import GenerationConfig, load_predictor
 from gemma3.serve.stream import DEFAULT_PROMPT, SourceError, StreamConfig, run_stream, summarize
 from gemma3.utils.errors import run_main
@@ -100,7 +100,7 @@ class CoachSession:
 
     def _timeline(self, records: list[dict], path: Path) -> str:
 
-        spoken = feedback_events(records, "end", 2, form_label_key)  # as the main job's coach speaks
+        spoken = feedback_events(records, "end", COACH_SETTLE_WINDOWS, form_label_key)  # as the main job's coach speaks
         return str(stream_png(records, [e.t for e in spoken], path))
 
     def analyze(self, video: str | None, window: float, stride: float, prompt: str) -> Iterator[View]:
