@@ -40,6 +40,7 @@ from gemma3.data.media import write_video
 from gemma3.data.releases.qevd import CLOCK_OFFSET_S
 from gemma3.data.synthetic import sha256, verify_dataset
 from gemma3.utils.errors import run_main
+from gemma3.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -206,9 +207,7 @@ def make_coach_dataset(root: str | Path, cfg: CoachConfig | None = None) -> dict
     counts = {s: sum(r["split"] == s for r in clips) for s in ("train", "test")}
     info = {"generator": GENERATOR, "params": params, "counts": {**counts, "sessions": len(sessions)},
             "labels": X.all_labels(), "complete": True}  # fmt: skip
-    tmp = root / "dataset_info.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    tmp.replace(info_path)  # last and atomic: its presence marks a finished dataset
+    write_json_atomic(info_path, info)  # last: its presence marks a finished dataset
     return info
 
 

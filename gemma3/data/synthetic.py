@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from gemma3.data.media import write_video
 from gemma3.utils.errors import run_main
+from gemma3.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -168,9 +168,7 @@ def write_dataset(out: Path, records: dict[str, list[dict]], classes: list[str],
     (out / "checksums.sha256").write_text("\n".join(lines) + "\n")
     info = {**info, "counts": {s: len(r) for s, r in records.items()}, "complete": True}
     # Written last and atomically: its presence marks a finished dataset.
-    tmp = out / "dataset_info.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, out / "dataset_info.json")
+    write_json_atomic(out / "dataset_info.json", info)
     return info
 
 

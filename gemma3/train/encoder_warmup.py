@@ -42,6 +42,7 @@ from gemma3.model.encoders import CLIPImageEncoder, clip_to_imagenet
 from gemma3.model.videomamba import VideoMambaModel
 from gemma3.model.visual_tokens import VisualTokens
 from gemma3.utils.errors import UserError, writing
+from gemma3.utils.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -232,9 +233,7 @@ def _save(model: ClipClassifier, result: WarmedEncoders, params: dict) -> None:
         record = {"params": params, "classes": list(result.classes), "train_accuracy": result.train_accuracy,
                   "heldout_accuracy": result.heldout_accuracy, "skipped": result.skipped,
                   "video_encoder": result.video_encoder is not None}  # fmt: skip
-        tmp = out / (DONE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(out / DONE)  # last and atomic: its presence marks a finished warm-up
+        write_json_atomic(out / DONE, record)  # last: its presence marks a finished warm-up
 
 
 def _finished(out: Path, params: dict) -> WarmedEncoders | None:
