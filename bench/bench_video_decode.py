@@ -57,37 +57,27 @@ def write_clip(path: Path, width: int, height: int, seconds: int, gop_s: int, fp
                pix_fmt: str = "yuv420p", vfr: bool = False, rotated: bool = False) -> Path:  # fmt: skip
     """h264 clip of a smooth random texture panning behind a moving bright square (not per-pixel noise);
     ``vfr``: frame durations vary from 1/60 to 1/10 s; ``rotated``: a phone's 90-degree display matrix."""
-    import fractions
-
-    import av
-    from media_utils import rotate_mp4
+    from media_utils import encode_h264, rotate_mp4
 
     rng = np.random.default_rng(seed)
     coarse = torch.from_numpy(rng.random((1, 3, height // 24 + 8, width // 24 + 8), dtype=np.float32))
     texture = F.interpolate(coarse, scale_factor=24, mode="bicubic", align_corners=False)[0]  # smooth blobs
     texture = (texture.clamp(0, 1) * 200 + 20).byte().permute(1, 2, 0).numpy()
-    target = path.with_name("upright-" + path.name) if rotated else path
-    with av.open(str(target), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        gop = str(gop_s * fps)
-        stream.options = {"g": gop, "keyint_min": gop, "sc_threshold": "0", "preset": "veryfast", "crf": "23"}
-        if vfr:
-            stream.codec_context.time_base = fractions.Fraction(1, 1000)
-        n, t_ms = seconds * fps, 0
+    n = seconds * fps
+
+    def frames():
         for t in range(n):
             dx, dy = (3 * t) % 150, t % 100
             frame = np.ascontiguousarray(texture[dy : dy + height, dx : dx + width])
             x = int((width - 120) * t / n)
             frame[height // 2 : height // 2 + 120, x : x + 120] = 240
-            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            if vfr:
-                video_frame.pts, video_frame.time_base = t_ms, fractions.Fraction(1, 1000)
-                t_ms += int(rng.choice([17, 33, 33, 50, 100]))
-            for packet in stream.encode(video_frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+            yield frame
+
+    target = path.with_name("upright-" + path.name) if rotated else path
+    gop = str(gop_s * fps)
+    options = {"g": gop, "keyint_min": gop, "sc_threshold": "0", "preset": "veryfast", "crf": "23"}
+    duration = (lambda: int(rng.choice([17, 33, 33, 50, 100]))) if vfr else None
+    encode_h264(target, frames(), width, height, options, fps=fps, pix_fmt=pix_fmt, duration_ms=duration)
     return rotate_mp4(target, path) if rotated else path
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,42 @@ def write_frame_folder(folder: str | Path, frames: np.ndarray) -> list[Path]:
         Image.fromarray(f).save(p, quality=95)
         paths.append(p)
     return paths
+
+
+def encode_h264(
+    path: str | Path,
+    frames: Iterable[np.ndarray],
+    width: int,
+    height: int,
+    options: dict,
+    fps: int = 30,
+    pix_fmt: str = "yuv420p",
+    duration_ms: Callable[[], int] | None = None,
+) -> Path:
+    """x264 with ``options`` (``g``, ``preset`` ...) from rgb24 frames given one at a time (a long HD clip never
+    sits in memory); ``duration_ms``: each frame's duration in ms, for a variable frame rate (time base 1/1000)."""
+    import fractions
+
+    import av
+
+    ms = fractions.Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.options = options
+        if duration_ms is not None:
+            stream.codec_context.time_base = ms
+        t_ms = 0
+        for f in frames:
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            if duration_ms is not None:
+                frame.pts, frame.time_base = t_ms, ms
+                t_ms += duration_ms()
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
 
 
 def write_json(path: str | Path, obj) -> Path:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
+
 import numpy as np
 import pytest
 import torch
-from media_utils import frame_value, make_frames, write_frame_folder, write_video
+from media_utils import encode_h264, frame_value, make_frames, write_frame_folder, write_video
 
 from gemma3.constants import CLIP_MEAN, CLIP_STD, IMAGE_TAG, VIDEO_TAG
 from gemma3.data.media import (
@@ -15,6 +17,7 @@ from gemma3.data.media import (
     preprocess_frames,
     read_video,
     sample_frame_indices,
+    upright,
 )
 
 
@@ -184,3 +187,40 @@ def test_reading_a_long_file_holds_an_index_not_its_packets(tmp_path):
     frames, growth = out.stdout.split()
     assert int(frames) == 16 and size_mb > 60
     assert float(growth) < size_mb / 4, (growth, size_mb)
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270, -90, 360])
+def test_frames_are_turned_upright_as_numpy_turns_them(rotation):
+    frame = np.random.default_rng(rotation % 7).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    turned = upright(frame, rotation)
+    np.testing.assert_array_equal(turned, np.rot90(frame, k=round(rotation / 90) % 4))
+    assert turned.flags["C_CONTIGUOUS"]
+
+
+def test_variable_frame_rate_seeks_decode_each_gop_once(tmp_path):
+    """MP4 seeks by decode time: in a variable-frame-rate clip a seek to a keyframe's presentation time lands on
+    the keyframe before. The reader passes over that GOP's packets instead of decoding it again, and still returns
+    decord's frames."""
+    import av
+    import decord
+
+    rng = np.random.default_rng(1)
+    options = {"g": "30", "keyint_min": "30", "sc_threshold": "0", "preset": "veryfast"}
+    clip = encode_h264(tmp_path / "vfr.mp4", _moving_texture(120), 64, 48, options,
+                       duration_ms=lambda: int(rng.choice([17, 33, 33, 50, 100])))  # fmt: skip  # 1/60 to 1/10 s
+    with av.open(str(clip)) as c:
+        stream = c.streams.video[0]
+        packets = [(p.pts, p.is_keyframe) for p in c.demux(stream) if p.size]  # decode order
+        keyframes = sorted(pts for pts, key in packets if key)
+        early = []
+        for key in keyframes[1:]:
+            c.seek(key, stream=stream, backward=True, any_frame=False)
+            early.append(next(p.pts for p in c.demux(stream) if p.size) < key)
+        assert any(early), early  # the demuxer lands a keyframe early on this clip
+    v = read_video(clip, 16, backend="pyav")
+    reference = decord.VideoReader(str(clip), num_threads=1).get_batch(v.indices).asnumpy()
+    np.testing.assert_array_equal(v.frames, reference)
+    frame_pts = sorted(pts for pts, _ in packets)
+    gop_of = lambda pts: bisect.bisect_right(keyframes, pts) - 1  # noqa: E731
+    touched = {gop_of(frame_pts[i]) for i in v.indices}
+    assert v.decoded <= sum(1 for pts, _ in packets if gop_of(pts) in touched)  # each GOP decoded at most once

@@ -72,8 +72,10 @@ class Clock:
 def _pyav_frames(url: str, fmt: str | None = None, paced: bool = False,
                  clock: Clock | None = None) -> Iterator[tuple[float, np.ndarray]]:  # fmt: skip
     import av
+    from av.video.reformatter import VideoReformatter
 
     clock = clock or Clock()
+    to_rgb = VideoReformatter()  # one colour converter for the stream: a frame's own builds a new one per frame
     try:
         container = av.open(url, format=fmt, timeout=10.0)
     except Exception as err:  # av raises per-protocol errors
@@ -91,7 +93,7 @@ def _pyav_frames(url: str, fmt: str | None = None, paced: bool = False,
                 delay = start_wall + t - clock.now()
                 if delay > 0:
                     clock.sleep(delay)
-            yield t, frame.to_ndarray(format="rgb24")
+            yield t, to_rgb.reformat(frame, format="rgb24").to_ndarray()
     except Exception as err:
         raise SourceError(f"{url}: broke while streaming ({type(err).__name__}: {err})") from err
     finally:
