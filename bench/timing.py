@@ -7,11 +7,13 @@ import statistics
 import time
 from pathlib import Path
 
+from gemma3.utils.machine import cpu_flags
+
 
 def cpu_line() -> str:
     """The CPU model and the vector features that decide the speed here (AVX2 / AVX512 / BF16 / AMX)."""
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = set(info.split())
+    flags = cpu_flags()
     model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
                  platform.processor())  # fmt: skip
     return f"{model} ({', '.join(f for f in ('avx2', 'avx512f', 'avx512_bf16', 'amx_bf16') if f in flags)})"

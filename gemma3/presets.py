@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gemma3.model.visual_tokens import VisualTokens
+from gemma3.utils.machine import cpu_flags
 
 CPU_CLIP = {
     "hidden_size": 128,
@@ -25,11 +26,7 @@ CPU_VIDEOMAMBA = {"embed_dim": 64, "depth": 2, "patch_size": 16, "d_state": 8, "
 def cpu_computes_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX-BF16), where bf16 autocast trains faster than fp32;
     elsewhere bf16 is emulated and slower. False when the flags cannot be read (not Linux)."""
-    try:
-        flags = set(Path(cpuinfo).read_text().split())
-    except OSError:
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
 
 
 @dataclass(frozen=True)

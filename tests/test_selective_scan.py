@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gemma3.model import selective_scan as scan_module
 from gemma3.model.selective_scan import (
     causal_conv1d,
     cuda_kernels_available,
+    fused_cpu_scan,
     selective_scan,
+    selective_scan_fused,
     selective_scan_graph,
     selective_scan_reference,
     selective_scan_torch,
@@ -39,6 +42,29 @@ def test_torch_scan_matches_reference(extras, softplus):
     ref = selective_scan_reference(**x, **kw)
     for block in (1, 5, 64):
         torch.testing.assert_close(selective_scan_torch(**x, **kw, block=block), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(selective_scan_fused(**x, **kw), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_cpu_scan_is_built_here():
+    """The machines the project runs on have a C++ compiler and ninja (requirements.txt): the fused scan builds."""
+    assert fused_cpu_scan() is not None
+
+
+@pytest.mark.parametrize("n", [4, 8, 16, 24])
+def test_fused_scan_every_state_size_long_sequences_and_dtypes(n):
+    """Each compiled state size (8, 16) and the generic loop; a long sequence with decays from ~1 to far below
+    fp32's range (exp of -80 and less); bf16 inputs give bf16 outputs computed in fp32."""
+    x = _inputs(b=1, d=6, n=n, length=700, seed=n)
+    x["A"] = -torch.logspace(-3, 2.5, n).expand(6, n).contiguous()  # decays exp(delta * A) down to ~exp(-300)
+    kw = dict(D=torch.randn(6), z=torch.randn(1, 6, 700), delta_bias=0.1 * torch.randn(6), delta_softplus=True)
+    ref = selective_scan_reference(**x, **kw)
+    scale = float(ref.abs().max())  # |y| ~ 100 after 700 slow-decaying steps: fp32 rounding of the order 1e-6 of it
+    torch.testing.assert_close(selective_scan_fused(**x, **kw), ref, rtol=1e-5, atol=4e-6 * scale)
+    torch.testing.assert_close(selective_scan_torch(**x, **kw), ref, rtol=1e-5, atol=4e-6 * scale)  # same budget
+    half = {k: v.bfloat16() for k, v in x.items()}
+    out = selective_scan_fused(**half, **kw)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), selective_scan_reference(**half, **kw).float(), rtol=2e-2, atol=2e-2)
 
 
 def test_backward_direction_and_grouped_scan():
@@ -87,9 +113,21 @@ def test_gradients_match_reference():
         torch.testing.assert_close(leaves[k].grad, ref[k].grad, rtol=1e-4, atol=1e-4)
 
 
-def test_dispatch_uses_pytorch_path_on_cpu():
+def test_dispatch_on_cpu_fused_without_gradients_blocked_with_them_or_without_the_kernel(monkeypatch):
     x = _inputs()
-    torch.testing.assert_close(selective_scan(**x), selective_scan_reference(**x), rtol=1e-5, atol=1e-5)
+    x["delta"] = x["delta"].abs()  # a positive step size, as softplus would give
+    calls = []
+    fused = scan_module.selective_scan_fused
+    monkeypatch.setattr(scan_module, "selective_scan_fused", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    ref = selective_scan_reference(**x)
+    torch.testing.assert_close(selective_scan(**x), ref, rtol=1e-5, atol=1e-5)
+    assert calls == [1]  # inference: the fused kernel
+    leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+    torch.testing.assert_close(selective_scan(**leaves).detach(), ref, rtol=1e-4, atol=1e-4)
+    assert calls == [1]  # training: the blocked PyTorch path, which autograd differentiates
+    monkeypatch.setattr(scan_module, "fused_cpu_scan", lambda: None)  # a machine without a compiler
+    torch.testing.assert_close(selective_scan(**x), ref, rtol=1e-5, atol=1e-5)
+    assert calls == [1]
     if not torch.cuda.is_available():
         assert not cuda_kernels_available()
 
@@ -142,7 +180,7 @@ def test_project_scans_match_mamba_ssm_selective_scan_ref(mamba_ref, groups):
     kw = dict(D=torch.randn(d), z=torch.randn(2, d, length), delta_bias=0.1 * torch.randn(d), delta_softplus=True)
     ref = mamba_ref(**x, **kw)
     for name, fn in [("reference", selective_scan_reference), ("blocked", selective_scan_torch),
-                     ("graph", selective_scan_graph)]:  # fmt: skip
+                     ("graph", selective_scan_graph), ("fused", selective_scan_fused)]:  # fmt: skip
         torch.testing.assert_close(fn(**x, **kw), ref, rtol=1e-5, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
     inputs = {k: v for k, v in {**x, **kw}.items() if torch.is_tensor(v)}
     ours = {k: v.clone().requires_grad_(True) for k, v in inputs.items()}
@@ -161,3 +199,15 @@ def test_upstream_loader_names_what_it_looked_for(tmp_path):
     (tmp_path / "src").mkdir()
     with pytest.raises(FileNotFoundError, match="has no mamba_ssm/ops/selective_scan_interface.py"):
         mamba_selective_scan_ref(tmp_path / "src")
+
+
+@pytest.mark.parametrize("n", [5, 16])
+@pytest.mark.parametrize("groups", [0, 2])
+def test_fused_scan_full_and_partial_channel_tiles(n, groups):
+    """The kernel runs 16 channels at a time and a group's last channels one by one: 40 channels (20 a group when
+    grouped) cover both, in two batch rows."""
+    x = _inputs(b=2, d=40, n=n, length=53, groups=groups, seed=n + groups)
+    kw = dict(D=torch.randn(40), z=torch.randn(2, 40, 53), delta_bias=0.1 * torch.randn(40), delta_softplus=True)
+    torch.testing.assert_close(
+        selective_scan_fused(**x, **kw), selective_scan_reference(**x, **kw), rtol=1e-5, atol=1e-5
+    )

@@ -11,16 +11,25 @@ reads contiguous memory), runs the recurrence with one in-place op per step over
 with C per block as a batched row-vector x matrix product (state axis before channels, so no copies).
 `selective_scan_reference` is the plain per-timestep loop, kept as the ground truth for tests and benchmarks.
 The ``mamba_ssm`` / ``causal_conv1d`` CUDA kernels are imported lazily and used only for CUDA tensors.
+
+Without gradients on CPU (inference), `selective_scan_fused` runs the whole recurrence, the C contraction, the D skip
+and the silu gate in one pass per channel with the state in vector registers (``csrc/selective_scan_cpu.cpp``,
+compiled once per machine for its own vector width, `gemma3.model.native_kernels`); where it cannot be built (no
+C++ compiler) the blocked PyTorch path runs instead.
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+
+from gemma3.model.native_kernels import load_kernel
 
 logger = logging.getLogger(__name__)
 
@@ -164,9 +173,7 @@ def selective_scan_torch(
     ``C_t @ h_t`` product. Grouped B/C (``[B, G, N, L]``, channels split into G equal groups) let independent
     scans, e.g. the two directions of a bidirectional Mamba, share one loop.
     """
-    if torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)
-    ):
+    if _needs_grad(u, delta, A, B, C, D, z, delta_bias):
         return _selective_scan_autograd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, block or 64)
     groups = _num_groups(u, B, C)
     if groups > 1:
@@ -261,11 +268,60 @@ def selective_scan_graph(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     return _finish(y_t.reshape(length, b, d).permute(1, 2, 0), u, D, z, dtype)
 
 
+@functools.lru_cache(maxsize=1)
+def fused_cpu_scan() -> Callable | None:
+    """The fused CPU scan's C entry point (``csrc/selective_scan_cpu.cpp``, compiled for this machine on first use),
+    or None where it cannot be built."""
+    library = load_kernel("selective_scan_cpu")
+    return None if library is None else scan_entry(library)
+
+
+def scan_entry(library: ctypes.CDLL) -> Callable:
+    """The kernel library's ``gemma3_scan_forward``, typed: 8 pointers (u, delta, A, Bt, Ct, D, z, y), then batch,
+    channels, length, groups, d_state and threads."""
+    fn = library.gemma3_scan_forward
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 6
+    return fn
+
+
+def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The fused CPU forward (no autograd): same shapes and results as `selective_scan_reference`, computed in fp32
+    and returned in u's dtype, on ``torch.get_num_threads()`` threads. Raises RuntimeError where the kernel could
+    not be built."""
+    kernel = fused_cpu_scan()
+    if kernel is None:
+        raise RuntimeError("the fused CPU selective scan could not be built on this machine (see the log)")
+    b, d, length = u.shape
+    g, n = _num_groups(u, B, C), A.shape[1]
+    if A.shape[0] != d or not 1 <= n <= 64:
+        raise ValueError(f"A must be [{d}, N] with N from 1 to 64, got {tuple(A.shape)}")
+    u_f = u.float().contiguous()
+    dl = _prepare(delta, delta_bias, delta_softplus).contiguous()  # [B, D, L]
+    A_f = A.float().contiguous()  # [D, N]
+    Bt = _grouped(B).float().transpose(-1, -2).contiguous()  # [B, G, L, N]: each timestep's N values contiguous
+    Ct = _grouped(C).float().transpose(-1, -2).contiguous()
+    D_f = None if D is None else D.float().contiguous()
+    z_f = None if z is None else z.float().contiguous()
+    if Bt.shape != (b, g, length, n) or Ct.shape != Bt.shape:
+        raise ValueError(f"B / C must be [{b}, {n}, {length}] or [{b}, G, {n}, {length}], got {tuple(B.shape)}")
+    y = torch.empty_like(u_f)  # [B, D, L]
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    kernel(ptr(u_f), ptr(dl), ptr(A_f), ptr(Bt), ptr(Ct), ptr(D_f), ptr(z_f), ptr(y), b, d, length, g, n,
+           torch.get_num_threads())  # fmt: skip
+    return y.to(u.dtype)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, use_cuda_kernels: bool = True
 ):
     """Selective scan: the mamba_ssm CUDA kernel for CUDA tensors when it imports, `selective_scan_graph` while
-    ``torch.export`` traces the model (ONNX export), else the blocked PyTorch path."""
+    ``torch.export`` traces the model (ONNX export), the fused CPU kernel without gradients on CPU, else the blocked
+    PyTorch path."""
     if torch.compiler.is_exporting():
         return selective_scan_graph(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if use_cuda_kernels and u.is_cuda:
@@ -273,6 +329,8 @@ def selective_scan(
         if fn is not None:
             return fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
         check_kernels()  # warns once with the import error
+    if u.device.type == "cpu" and not _needs_grad(u, delta, A, B, C, D, z, delta_bias) and fused_cpu_scan():
+        return selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 

@@ -1,0 +1,87 @@
+"""Kernels compiled for this machine: built once per source, compiler, flags and CPU, cached, and None (the PyTorch
+path runs) where they cannot be built."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+
+import pytest
+import torch
+
+from gemma3.model import native_kernels, selective_scan
+from gemma3.utils.machine import cpu_flags
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """An empty kernel cache and no loaded kernels, restored afterwards."""
+    monkeypatch.setenv(native_kernels.CACHE_ENV, str(tmp_path / "cache"))
+    native_kernels.load_kernel.cache_clear()
+    selective_scan.fused_cpu_scan.cache_clear()
+    yield tmp_path
+    native_kernels.load_kernel.cache_clear()
+    getattr(selective_scan.fused_cpu_scan, "cache_clear", lambda: None)()  # a test may have replaced it
+
+
+def test_built_once_per_cpu_and_cached(fresh, monkeypatch):
+    assert native_kernels.load_kernel("selective_scan_cpu") is not None
+    built = sorted((fresh / "cache").glob("selective_scan_cpu-*.so"))
+    assert len(built) == 1
+    native_kernels.load_kernel.cache_clear()
+    assert native_kernels.load_kernel("selective_scan_cpu") is not None  # from the cache: no second build
+    assert sorted((fresh / "cache").glob("*.so")) == built
+    # another kind of CPU (different flags) never loads this build
+    monkeypatch.setattr(native_kernels, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    native_kernels.load_kernel.cache_clear()
+    assert native_kernels.load_kernel("selective_scan_cpu") is not None
+    assert len(list((fresh / "cache").glob("selective_scan_cpu-*.so"))) == 2
+
+
+def test_without_a_compiler_the_pytorch_scan_runs(fresh, monkeypatch, caplog):
+    monkeypatch.setenv("CXX", str(fresh / "no-such-compiler"))
+    with caplog.at_level(logging.WARNING):
+        assert native_kernels.load_kernel("selective_scan_cpu") is None
+    assert "selective_scan_cpu.cpp" in caplog.text and "PyTorch path" in caplog.text
+    assert selective_scan.fused_cpu_scan() is None
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x = dict(u=r(1, 4, 9), delta=r(1, 4, 9).abs(), A=-r(4, 3).abs(), B=r(1, 3, 9), C=r(1, 3, 9))
+    torch.testing.assert_close(selective_scan.selective_scan(**x), selective_scan.selective_scan_reference(**x))
+    with pytest.raises(RuntimeError, match="could not be built"):
+        selective_scan.selective_scan_fused(**x)
+
+
+def test_a_source_that_does_not_compile_is_named(fresh, monkeypatch, caplog):
+    csrc = fresh / "csrc"
+    csrc.mkdir()
+    (csrc / "broken.cpp").write_text('extern "C" int f() { return undefined_name; }\n')
+    monkeypatch.setattr(native_kernels, "CSRC", csrc)
+    with caplog.at_level(logging.WARNING):
+        assert native_kernels.load_kernel("broken") is None
+    assert "broken.cpp" in caplog.text and "undefined_name" in caplog.text
+    assert not list((fresh / "cache").glob("*"))  # nothing half-written left in the cache
+
+
+@pytest.mark.skipif("avx2" not in cpu_flags(), reason="runs an AVX2 build, which needs an AVX2 CPU")
+def test_an_avx2_build_gives_the_reference_results(fresh, monkeypatch):
+    """What an AVX2-only machine compiles (x86-64-v3: AVX2 and FMA, no AVX512), run here: full and partial channel
+    tiles, grouped, every extra input."""
+    library = fresh / "avx2.so"
+    source = native_kernels.CSRC / "selective_scan_cpu.cpp"
+    assert native_kernels.compile_kernel(source, library, native_kernels.compiler(), march="x86-64-v3") == ""
+    monkeypatch.setattr(selective_scan, "fused_cpu_scan", lambda: selective_scan.scan_entry(ctypes.CDLL(str(library))))
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x = dict(u=r(2, 40, 61), delta=r(2, 40, 61), A=-torch.exp(r(40, 16)), B=r(2, 2, 16, 61), C=r(2, 2, 16, 61))
+    kw = dict(D=r(40), z=r(2, 40, 61), delta_bias=0.1 * r(40), delta_softplus=True)
+    torch.testing.assert_close(
+        selective_scan.selective_scan_fused(**x, **kw), selective_scan.selective_scan_reference(**x, **kw)
+    )
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(info) == {"fpu", "avx2", "avx512f"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
