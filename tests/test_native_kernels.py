@@ -63,6 +63,27 @@ def test_a_source_that_does_not_compile_is_named(fresh, monkeypatch, caplog):
     assert not list((fresh / "cache").glob("*"))  # nothing half-written left in the cache
 
 
+def test_an_unwritable_cache_or_a_damaged_build_falls_back(fresh, monkeypatch, caplog):
+    (fresh / "a-file").write_text("")
+    monkeypatch.setenv(native_kernels.CACHE_ENV, str(fresh / "a-file" / "cache"))  # a folder under a file
+    with caplog.at_level(logging.WARNING):
+        assert native_kernels.load_kernel("selective_scan_cpu") is None
+    assert "Could not compile" in caplog.text
+    monkeypatch.setenv(native_kernels.CACHE_ENV, str(fresh / "cache"))
+    native_kernels.load_kernel.cache_clear()
+    assert native_kernels.load_kernel("selective_scan_cpu") is not None
+    (good,) = (fresh / "cache").glob("selective_scan_cpu-*.so")
+    built = fresh / "damaged" / good.name  # the same build, damaged, in another cache (a new path: a fresh dlopen)
+    built.parent.mkdir()
+    built.write_bytes(b"not a shared library")
+    monkeypatch.setenv(native_kernels.CACHE_ENV, str(built.parent))
+    native_kernels.load_kernel.cache_clear()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert native_kernels.load_kernel("selective_scan_cpu") is None
+    assert str(built) in caplog.text and "delete the file" in caplog.text
+
+
 @pytest.mark.skipif("avx2" not in cpu_flags(), reason="runs an AVX2 build, which needs an AVX2 CPU")
 def test_an_avx2_build_gives_the_reference_results(fresh, monkeypatch):
     """What an AVX2-only machine compiles (x86-64-v3: AVX2 and FMA, no AVX512), run here: full and partial channel

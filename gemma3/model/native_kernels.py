@@ -42,9 +42,9 @@ def compiler() -> str | None:
 def compile_kernel(source: Path, library: Path, cxx: str, march: str = "native") -> str:
     """Compile ``source`` into the shared library ``library`` for ``-march=<march>`` (written whole or not at all);
     returns "" on success, else what went wrong (the compiler's last lines)."""
-    library.parent.mkdir(parents=True, exist_ok=True)
     partial = library.with_name(f".{library.name}.{os.getpid()}.tmp")
     try:
+        library.parent.mkdir(parents=True, exist_ok=True)
         done = subprocess.run([cxx, f"-march={march}", *FLAGS, str(source), "-o", str(partial)], capture_output=True,
                               text=True, timeout=300)  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -74,4 +74,8 @@ def load_kernel(name: str) -> ctypes.CDLL | None:
         if problem:
             logger.warning("Could not compile %s with %s: %s; its PyTorch path runs", source, cxx, problem)
             return None
-    return ctypes.CDLL(str(library))
+    try:
+        return ctypes.CDLL(str(library))
+    except OSError as err:  # a damaged cached build: named, and the PyTorch path runs
+        logger.warning("Could not load %s (%s): its PyTorch path runs; delete the file to rebuild it", library, err)
+        return None
