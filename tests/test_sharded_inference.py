@@ -17,7 +17,7 @@ from tiny_checkpoints import make_custom_assets, save_custom_model
 
 import gemma3.serve.inference as inf
 from gemma3.data.formats import Media, Sample
-from gemma3.serve.prediction_files import read_records_by_line, shard_file, shard_folder
+from gemma3.serve.prediction_files import merge_predictions, read_records_by_line, shard_file, shard_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,6 +74,24 @@ def test_shards_merge_once_every_id_is_written(tmp_path):
     p = CountingPredictor()
     inf.predict_sharded(p, fixed, out, progress=False, world=(0, 1))
     assert p.generated == ["s5"] and not any("error" in r for r in _read(out))
+
+
+def test_ranks_of_one_launch_that_finish_together_merge_once(tmp_path, monkeypatch):
+    """Both ranks find every id written (they finished together): the first merges, the other is told another
+    process did (so one process scores); a later launch (another torchrun run id) merges again."""
+    out = tmp_path / "preds.jsonl"
+    samples = _samples(4)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-1")
+    for r in range(2):  # both shards written before either merges
+        with monkeypatch.context() as m:
+            m.setattr(inf, "merge_predictions", lambda *a, **k: None)
+            inf.predict_sharded(CountingPredictor(), samples, out, progress=False, world=(r, 2))
+    merges = [merge_predictions([s.id for s in samples], out) for _ in range(2)]  # rank 0, then rank 1
+    assert merges[0]["records"] == 4 and merges[1] is None
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "launch-2")
+    assert merge_predictions([s.id for s in samples], out)["records"] == 4
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")  # not under torchrun: every call merges
+    assert merge_predictions([s.id for s in samples], out)["records"] == 4
 
 
 def test_a_single_process_writes_the_output_directly(tmp_path):

@@ -129,13 +129,19 @@ def finished_ids(paths: Iterable[Path]) -> set[str]:
 
 def merge_predictions(sample_ids: list[str], output: Path) -> dict | None:
     """Merge every source (`prediction_sources`) into ``output`` when each id of ``sample_ids`` has a record there
-    (a result, or the error of its last attempt); None while some id has none. One record per id (a result before
-    an error, a later file before an earlier one), in ``sample_ids`` order, written atomically under a lock."""
+    (a result, or the error of its last attempt); None while some id has none, and None for every process of a
+    torchrun launch but the first to merge (ranks that finish together would otherwise each merge, and each score).
+    One record per id (a result before an error, a later file before an earlier one), in ``sample_ids`` order,
+    written atomically under a lock."""
     import fcntl
 
     output.parent.mkdir(parents=True, exist_ok=True)
+    launch = os.environ.get("TORCHELASTIC_RUN_ID")  # the same in every process of one torchrun launch
+    marker = output.with_name(output.name + ".merged-by")
     with output.with_name(output.name + ".merge.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        if launch and output.exists() and marker.exists() and marker.read_text() == launch:
+            return None  # another process of this launch merged (and scores)
         best: dict[str, dict] = {}
         sources = prediction_sources(output)
         for path in sources:
@@ -155,5 +161,7 @@ def merge_predictions(sample_ids: list[str], output: Path) -> dict | None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, output)
+        if launch:
+            marker.write_text(launch)
         errors = sum("error" in best[i] for i in sample_ids)
         return {"records": len(sample_ids), "errors": errors, "sources": len(sources), "output": str(output)}
