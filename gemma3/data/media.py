@@ -170,7 +170,7 @@ def _read_pyav(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrame
             stream.thread_type = "AUTO"
             stream.codec_context.thread_count = min(16, 2 * (os.cpu_count() or 1))  # frames in flight: busy cores
         else:  # frame threads cost more to start than frames this small take to decode
-            stream.codec_context.thread_count = 1  # frames in flight: keeps cores busy
+            stream.codec_context.thread_count = 1
         src_fps = float(stream.average_rate) if stream.average_rate else None
         pts, keyframes = [], []
         for packet in container.demux(stream):  # headers only: each packet's data is released as it is read

@@ -13,7 +13,7 @@ with C per block as a batched row-vector x matrix product (state axis before cha
 The ``mamba_ssm`` / ``causal_conv1d`` CUDA kernels are imported lazily and used only for CUDA tensors.
 
 Without gradients on CPU (inference), `selective_scan_fused` runs the whole recurrence, the C contraction, the D skip
-and the silu gate in one pass per channel with the state in vector registers (``csrc/selective_scan_cpu.cpp``,
+and the silu gate in one pass per 16-channel tile with the tile's state in L1 (``csrc/selective_scan_cpu.cpp``,
 compiled once per machine for its own vector width, `gemma3.model.native_kernels`); where it cannot be built (no
 C++ compiler) the blocked PyTorch path runs instead.
 """
@@ -296,6 +296,8 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     g, n = _num_groups(u, B, C), A.shape[1]
     if A.shape[0] != d or not 1 <= n <= 64:
         raise ValueError(f"A must be [{d}, N] with N from 1 to 64, got {tuple(A.shape)}")
+    if _grouped(B).shape != (b, g, n, length) or _grouped(C).shape != _grouped(B).shape:
+        raise ValueError(f"B / C must be [{b}, {n}, {length}] or [{b}, G, {n}, {length}], got {tuple(B.shape)}")
     u_f = u.float().contiguous()
     dl = _prepare(delta, delta_bias, delta_softplus).contiguous()  # [B, D, L]
     A_f = A.float().contiguous()  # [D, N]
@@ -303,8 +305,6 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     Ct = _grouped(C).float().transpose(-1, -2).contiguous()
     D_f = None if D is None else D.float().contiguous()
     z_f = None if z is None else z.float().contiguous()
-    if Bt.shape != (b, g, length, n) or Ct.shape != Bt.shape:
-        raise ValueError(f"B / C must be [{b}, {n}, {length}] or [{b}, G, {n}, {length}], got {tuple(B.shape)}")
     y = torch.empty_like(u_f)  # [B, D, L]
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     kernel(ptr(u_f), ptr(dl), ptr(A_f), ptr(Bt), ptr(Ct), ptr(D_f), ptr(z_f), ptr(y), b, d, length, g, n,
