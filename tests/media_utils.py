@@ -79,13 +79,18 @@ def write_json(path: str | Path, obj) -> Path:
     return path
 
 
-def rotate_mp4(src: str | Path, dst: str | Path) -> Path:
+# the tkhd matrix's a, b, c, d (16.16 fixed point) of a turn clockwise for display
+TURNS = {90: (0, 0x10000, -0x10000, 0), 180: (-0x10000, 0, 0, -0x10000), 270: (0, -0x10000, 0x10000, 0)}
+
+
+def rotate_mp4(src: str | Path, dst: str | Path, degrees: int = 90) -> Path:
     """A copy of an MP4 made as a phone's portrait clip is: the frames stored as they are and the track header's
-    matrix turning them 90 degrees clockwise for display (the tkhd matrix starts 40 bytes after the box's type;
-    the encoder wrote identity)."""
+    matrix turning them ``degrees`` (90, 180, 270) clockwise for display (the tkhd matrix starts 40 bytes after the
+    box's type; the encoder wrote identity)."""
     data = bytearray(Path(src).read_bytes())
     matrix = data.find(b"tkhd") + 4 + 40
-    data[matrix : matrix + 36] = struct.pack(">9i", 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    a, b, c, d = TURNS[degrees]
+    data[matrix : matrix + 36] = struct.pack(">9i", a, b, 0, c, d, 0, 0, 0, 0x40000000)
     Path(dst).write_bytes(bytes(data))
     return Path(dst)
 

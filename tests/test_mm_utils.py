@@ -7,7 +7,7 @@ import bisect
 import numpy as np
 import pytest
 import torch
-from media_utils import encode_h264, frame_value, make_frames, write_frame_folder, write_video
+from media_utils import encode_h264, frame_value, make_frames, rotate_mp4, write_frame_folder, write_video
 
 from gemma3.constants import CLIP_MEAN, CLIP_STD, IMAGE_TAG, VIDEO_TAG
 from gemma3.data.media import (
@@ -195,6 +195,24 @@ def test_frames_are_turned_upright_as_numpy_turns_them(rotation):
     turned = upright(frame, rotation)
     np.testing.assert_array_equal(turned, np.rot90(frame, k=round(rotation / 90) % 4))
     assert turned.flags["C_CONTIGUOUS"]
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+def test_turned_clips_come_out_upright_and_the_stream_shows_them_so(tmp_path, degrees):
+    """A phone's display matrix, each way, on a clip that is not square (the reader turns the 4:2:0 planes before
+    the colour conversion): the frames as numpy turns the stored ones, and the live stream shows them so. (decord
+    fails on this clip turned 90 degrees; the square clip of test_reliability.py and the bench's real phone clip
+    compare with it.)"""
+    from gemma3.serve.stream import open_source
+
+    rng = np.random.default_rng(degrees)
+    stored = [rng.integers(0, 256, (32, 48, 3), dtype=np.uint8) for _ in range(6)]
+    clip = encode_h264(tmp_path / "stored.mp4", stored, 48, 32, {"g": "3"})
+    plain = read_video(clip, 6).frames  # [T, 32, 48, 3]
+    turned = read_video(rotate_mp4(clip, tmp_path / "turned.mp4", degrees), 6)
+    np.testing.assert_array_equal(turned.frames, np.rot90(plain, k=-degrees // 90, axes=(1, 2)))
+    streamed = np.stack([frame for _, frame in open_source(str(tmp_path / "turned.mp4"))])
+    np.testing.assert_array_equal(streamed[turned.indices], turned.frames)
 
 
 def test_variable_frame_rate_seeks_decode_each_gop_once(tmp_path):

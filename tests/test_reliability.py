@@ -28,7 +28,7 @@ from gemma3.data.media import MediaError, read_video
 from gemma3.export.hf import main as export_main
 from gemma3.model.families import CUSTOM
 from gemma3.serve import prediction_files
-from gemma3.serve.stream import StreamConfig, run_stream
+from gemma3.serve.stream import StreamConfig, open_source, run_stream
 from gemma3.serve.stream import main as stream_main
 from gemma3.train import train as T
 from gemma3.train.guards import NonFiniteLossError, training_lock
@@ -319,6 +319,9 @@ def test_awkward_clips_are_read_and_broken_ones_named_by_kind(tmp_path):
     decord = pytest.importorskip("decord")
     reference = decord.VideoReader(str(clips["rotated"]), num_threads=1).get_batch(rotated.indices).asnumpy()
     np.testing.assert_array_equal(rotated.frames, reference)
+    # The live stream shows a phone's portrait clip as the file reader does (it streamed it sideways before).
+    streamed = [frame for _, frame in open_source(str(clips["rotated"]))]
+    np.testing.assert_array_equal(np.stack(streamed)[rotated.indices], rotated.frames)
     assert np.abs(read_video(clips["ten_bit"], 8).frames.astype(int) - good).mean() < 2  # 10-bit, lossy, -> 8-bit
     assert read_video(clips["two_frames"], 8).indices == [0, 0, 0, 0, 1, 1, 1, 1]  # frames repeated
     assert read_video(clips["variable_frame_rate"], 8).frames.shape == (8, 32, 32, 3)

@@ -157,7 +157,6 @@ def _read_pyav(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrame
     to). Frame-threaded decoding uses the machine's cores. Same frame indices and pixels as decord's ``get_batch``.
     """
     import av
-    from av.video.reformatter import VideoReformatter
 
     with av.open(str(path)) as container:
         if not container.streams.video:
@@ -186,7 +185,7 @@ def _read_pyav(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrame
         wanted = {frame_pts[i] for i in idx}
         codec = stream.codec_context
         got: dict[int, np.ndarray] = {}
-        to_rgb = VideoReformatter()  # one colour converter for the clip: a frame's own builds a new one per frame
+        to_rgb = FrameConverter()  # one colour converter for the clip
         packets = None  # the demuxer, from the last keyframe sought
         landing = None  # that keyframe, until the demuxer reaches it
         decoded = 0
@@ -224,8 +223,7 @@ def _read_pyav(path: Path, num_frames: int, mode: str, fps: float) -> VideoFrame
                         break
                 pending = [f for f in out if f.pts is not None and f.pts >= target]
             if pending:
-                # a phone's portrait clip: each decoded frame turned upright once, as players show it
-                got[i] = upright(to_rgb.reformat(pending[0], format="rgb24").to_ndarray(), pending[0].rotation)
+                got[i] = to_rgb(pending[0])  # a phone's portrait clip turned once, upright
     if not got:
         raise MediaError(f"{path}: no decodable frames", kind="no frames")
     last = max(got)
@@ -242,6 +240,40 @@ def upright(frame: np.ndarray, rotation: float) -> np.ndarray:
     f = torch.from_numpy(frame)
     turned = {1: lambda: f.transpose(0, 1).flip(0), 2: lambda: f.flip(0, 1), 3: lambda: f.transpose(0, 1).flip(1)}[k]()
     return turned.contiguous().numpy()
+
+
+class FrameConverter:
+    """Decoded PyAV frames -> uint8 RGB [H, W, 3], as players show them: a phone's portrait clip (a display matrix
+    turning it) comes out upright. One per clip or stream: each conversion keeps its colour converter (a frame's
+    own ``to_ndarray`` builds a new one per frame).
+
+    A turned 8-bit 4:2:0 frame (what phones record) is turned before the colour conversion, as three byte planes
+    with half of RGB's bytes, and converted at its new shape: the same pixels as turning the RGB frame (and as
+    decord), 0.45 instead of 1.3 ms for a 568x320 frame. Other formats are converted, then turned (`upright`)."""
+
+    PLANAR = "yuv420p"
+
+    def __init__(self) -> None:
+        import av  # PyAV is imported where it is used (decord reads without it)
+        from av.video.reformatter import VideoReformatter
+
+        self._from_ndarray = av.VideoFrame.from_ndarray
+        self._decoded = VideoReformatter()  # the decoder's frames -> RGB
+        self._turned = VideoReformatter()  # turned planes -> RGB (another shape: a converter of its own)
+
+    def __call__(self, frame) -> np.ndarray:
+        k = round((frame.rotation or 0) / 90) % 4
+        if k == 0:
+            return self._decoded.reformat(frame, format="rgb24").to_ndarray()
+        if frame.format.name != self.PLANAR or frame.width % 2 or frame.height % 2:
+            return upright(self._decoded.reformat(frame, format="rgb24").to_ndarray(), 90 * k)
+        h, w = frame.height, frame.width
+        yuv = frame.to_ndarray(format=self.PLANAR)  # [H * 3/2, W]: Y, then U and V at half size (a copy, no conversion)
+        planes = (yuv[:h], yuv[h : h + h // 4].reshape(h // 2, w // 2), yuv[h + h // 4 :].reshape(h // 2, w // 2))
+        turned = np.concatenate([np.rot90(plane, k).ravel() for plane in planes])
+        new = self._from_ndarray(turned.reshape(-1, h if k % 2 else w), format=self.PLANAR)  # [H' * 3/2, W']
+        new.colorspace, new.color_range = frame.colorspace, frame.color_range
+        return self._turned.reformat(new, format="rgb24").to_ndarray()
 
 
 def read_video(

@@ -39,7 +39,7 @@ import numpy as np
 
 from gemma3.constants import VIDEO_TAG
 from gemma3.data.formats import Media, Sample
-from gemma3.data.media import FrameArray, MediaError, list_frame_files, read_image
+from gemma3.data.media import FrameArray, FrameConverter, MediaError, list_frame_files, read_image
 from gemma3.data.releases.qevd import QEVDFit300K
 from gemma3.serve.inference import GenerationConfig, load_predictor
 from gemma3.utils.errors import UserError, run_main, writing
@@ -72,10 +72,9 @@ class Clock:
 def _pyav_frames(url: str, fmt: str | None = None, paced: bool = False,
                  clock: Clock | None = None) -> Iterator[tuple[float, np.ndarray]]:  # fmt: skip
     import av
-    from av.video.reformatter import VideoReformatter
 
     clock = clock or Clock()
-    to_rgb = VideoReformatter()  # one colour converter for the stream: a frame's own builds a new one per frame
+    to_rgb = FrameConverter()  # one colour converter for the stream
     try:
         container = av.open(url, format=fmt, timeout=10.0)
     except Exception as err:  # av raises per-protocol errors
@@ -93,7 +92,7 @@ def _pyav_frames(url: str, fmt: str | None = None, paced: bool = False,
                 delay = start_wall + t - clock.now()
                 if delay > 0:
                     clock.sleep(delay)
-            yield t, to_rgb.reformat(frame, format="rgb24").to_ndarray()
+            yield t, to_rgb(frame)  # a phone's portrait video upright
     except Exception as err:
         raise SourceError(f"{url}: broke while streaming ({type(err).__name__}: {err})") from err
     finally:
