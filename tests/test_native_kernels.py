@@ -101,6 +101,39 @@ def test_an_avx2_build_gives_the_reference_results(fresh, monkeypatch):
     )
 
 
+def test_the_kernel_runs_on_torchs_own_openmp_runtime(fresh):
+    """Built with OpenMP, the kernel binds to the libgomp.so.1 torch loaded (one runtime in the process, so its team
+    is the threads torch leaves spinning, not new ones competing with them), and its results do not depend on the
+    number of threads."""
+    import os
+    from pathlib import Path
+
+    bundled = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
+    if not bundled.exists() or not Path("/proc/self/maps").exists():
+        pytest.skip("this torch does not ship libgomp.so.1 (the kernel then runs its own OpenMP or std::thread)")
+    kernel = native_kernels.load_kernel("selective_scan_cpu")
+    assert kernel is not None and kernel.gemma3_uses_openmp() == 1
+    runtimes = {line.split()[-1] for line in Path("/proc/self/maps").read_text().splitlines()
+                if line.split()[-1].endswith("/libgomp.so.1")}  # fmt: skip
+    assert {os.path.realpath(r) for r in runtimes} == {os.path.realpath(bundled)}
+    g = torch.Generator().manual_seed(0)
+    u, delta, z = (torch.randn(2, 40, 33, generator=g) for _ in range(3))
+    A, B, C = (
+        -torch.rand(40, 8, generator=g) - 0.2,
+        torch.randn(2, 8, 33, generator=g),
+        torch.randn(2, 8, 33, generator=g),
+    )
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(selective_scan.selective_scan_fused(u, delta, A, B, C, z=z, delta_softplus=True))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
 def test_cpu_flags_read_from_cpuinfo(tmp_path):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 avx512f\n\nprocessor\t: 1\nflags\t\t: fpu\n")

@@ -28,6 +28,11 @@ CSRC = Path(__file__).parent / "csrc"
 # -fno-trapping-math: without it GCC keeps the float clamps in the scan's exp as branches on AVX2 (AVX512's masks
 # if-convert them) and the main loop stays scalar there: 58 instead of 20 ms at VideoMamba-M shapes.
 FLAGS = ("-O3", "-mprefer-vector-width=512", "-fno-trapping-math", "-fopenmp-simd", "-shared", "-fPIC", "-pthread")
+# The kernels run their threads as an OpenMP team. PyTorch's wheels ship libgomp.so.1 and load it first, so the
+# dynamic loader binds the kernel to that same runtime: its team is the threads torch's last operator left spinning
+# (with threads of their own, those spinning threads took the cores: a scan after a torch op ran in 26-37 instead of
+# 11-16 ms). A compiler without OpenMP builds the std::thread version.
+OPENMP = "-fopenmp"
 CACHE_ENV = "GEMMA3_KERNEL_CACHE"
 
 
@@ -45,8 +50,11 @@ def compile_kernel(source: Path, library: Path, cxx: str, march: str = "native")
     partial = library.with_name(f".{library.name}.{os.getpid()}.tmp")
     try:
         library.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run([cxx, f"-march={march}", *FLAGS, str(source), "-o", str(partial)], capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+        for openmp in ([OPENMP], []):  # without OpenMP (a compiler lacking it): the kernels' std::thread version
+            done = subprocess.run([cxx, f"-march={march}", *FLAGS, *openmp, str(source), "-o", str(partial)],
+                                  capture_output=True, text=True, timeout=300)  # fmt: skip
+            if done.returncode == 0:
+                break
     except (OSError, subprocess.TimeoutExpired) as err:
         return str(err)
     if done.returncode != 0:
@@ -66,7 +74,8 @@ def load_kernel(name: str) -> ctypes.CDLL | None:
         logger.warning("No C++ compiler ($CXX, c++, g++): %s runs its PyTorch path", name)
         return None
     machine = " ".join(sorted(cpu_flags())) or platform.machine()
-    key = hashlib.sha1(b"\0".join([source.read_bytes(), cxx.encode(), " ".join(FLAGS).encode(), machine.encode()]))
+    key = hashlib.sha1(b"\0".join([source.read_bytes(), cxx.encode(), " ".join((*FLAGS, OPENMP)).encode(),
+                                   machine.encode()]))  # fmt: skip
     library = kernel_cache() / f"{name}-{key.hexdigest()[:16]}.so"
     if not library.exists():
         logger.info("Compiling %s for this CPU -> %s", source.name, library)

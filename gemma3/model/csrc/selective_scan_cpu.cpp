@@ -4,12 +4,15 @@
 // loops run across the tile's channels (one vector of 16 lanes, or two of 8), so <C_t, h_t> needs no horizontal sum.
 // No autograd: inference only (gemma3/model/selective_scan.py keeps the PyTorch path for training).
 // Plain C++ with a C entry point and no torch headers: gemma3/model/native_kernels.py compiles it in about a second
-// with -O3 -march=native (each machine gets its own vector width) and calls it through ctypes.
+// with -O3 -march=native (each machine gets its own vector width) and -fopenmp, and calls it through ctypes.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <thread>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace {
 
@@ -135,10 +138,28 @@ extern "C" void gemma3_scan_forward(const float* u, const float* delta, const fl
     }
   };
   const int64_t workers = std::max<int64_t>(1, std::min(threads, jobs));
+#ifdef _OPENMP
+  // torch's own OpenMP runtime (see native_kernels.py): its threads, not new ones competing with them
+#pragma omp parallel num_threads(static_cast<int>(workers))
+  {
+    const int64_t w = omp_get_thread_num(), nw = omp_get_num_threads();
+    work(jobs * w / nw, jobs * (w + 1) / nw);
+  }
+#else
   std::vector<std::thread> pool;
   for (int64_t w = 1; w < workers; ++w) pool.emplace_back(work, jobs * w / workers, jobs * (w + 1) / workers);
   work(0, jobs / workers);
   for (auto& t : pool) t.join();
+#endif
+}
+
+// 1 when built with OpenMP (the threads are then an OpenMP team), 0 for the std::thread version.
+extern "C" int gemma3_uses_openmp() {
+#ifdef _OPENMP
+  return 1;
+#else
+  return 0;
+#endif
 }
 
 // The machine's peak for the scan's two kinds of arithmetic, for the bench's bound: `iters` rounds over 256
@@ -163,10 +184,15 @@ extern "C" float gemma3_peak_loop(int64_t kind, int64_t iters, int64_t threads) 
     for (int64_t c = 0; c < kLanes; ++c) s += x[c];
     sums[static_cast<size_t>(w)] = s;
   };
+#ifdef _OPENMP
+#pragma omp parallel num_threads(static_cast<int>(std::max<int64_t>(1, threads)))
+  work(omp_get_thread_num());
+#else
   std::vector<std::thread> pool;
   for (int64_t w = 1; w < threads; ++w) pool.emplace_back(work, w);
   work(0);
   for (auto& t : pool) t.join();
+#endif
   float total = 0.0f;
   for (float s : sums) total += s;
   return total;
