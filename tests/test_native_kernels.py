@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,9 +107,6 @@ def test_the_kernel_runs_on_torchs_own_openmp_runtime(fresh):
     """Built with OpenMP, the kernel binds to the libgomp.so.1 torch loaded (one runtime in the process, so its team
     is the threads torch leaves spinning, not new ones competing with them), and its results do not depend on the
     number of threads."""
-    import os
-    from pathlib import Path
-
     bundled = Path(torch.__file__).parent / "lib" / "libgomp.so.1"
     if not bundled.exists() or not Path("/proc/self/maps").exists():
         pytest.skip("this torch does not ship libgomp.so.1 (the kernel then runs its own OpenMP or std::thread)")

@@ -296,13 +296,14 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     g, n = _num_groups(u, B, C), A.shape[1]
     if A.shape[0] != d or not 1 <= n <= 64:
         raise ValueError(f"A must be [{d}, N] with N from 1 to 64, got {tuple(A.shape)}")
-    if _grouped(B).shape != (b, g, n, length) or _grouped(C).shape != _grouped(B).shape:
+    Bg, Cg = _grouped(B), _grouped(C)  # [B, G, N, L]
+    if Bg.shape != (b, g, n, length) or Cg.shape != Bg.shape:
         raise ValueError(f"B / C must be [{b}, {n}, {length}] or [{b}, G, {n}, {length}], got {tuple(B.shape)}")
     u_f = u.float().contiguous()
     dl = _prepare(delta, delta_bias, delta_softplus).contiguous()  # [B, D, L]
     A_f = A.float().contiguous()  # [D, N]
-    Bt = _grouped(B).float().transpose(-1, -2).contiguous()  # [B, G, L, N]: each timestep's N values contiguous
-    Ct = _grouped(C).float().transpose(-1, -2).contiguous()
+    Bt = Bg.float().transpose(-1, -2).contiguous()  # [B, G, L, N]: each timestep's N values contiguous
+    Ct = Cg.float().transpose(-1, -2).contiguous()
     D_f = None if D is None else D.float().contiguous()
     z_f = None if z is None else z.float().contiguous()
     y = torch.empty_like(u_f)  # [B, D, L]
