@@ -10,7 +10,8 @@ Baselines (each called as users call it, once per direction for a bidirectional 
   when it is not installed).
 Shapes: d_model 576 -> d_inner 1152, d_state 16, L = 8 frames x 196 patches + CLS = 1569, batch 1, fp32,
 delta_softplus with a bias, D and z, as VideoMamba calls it. Forward, and forward + backward (sum of squares loss,
-gradients of every input), one direction and bidirectional (the project: one grouped call). Every output and
+gradients of every input), one direction and bidirectional (the project: one grouped call; its training path is the
+fused kernel's forward and backward, the blocked PyTorch scan through autograd printed beside it). Every output and
 gradient is checked against mamba-ssm's reference.
 
 The bound: the bytes the forward must read and write over this machine's measured copy bandwidth, and its exps and
@@ -193,8 +194,8 @@ def main() -> None:
     print(f"shapes: batch {b}, d_inner {d}, d_state {n}, L {length}; fp32, {args.threads} threads")
     slow = {"mamba-ssm ref", "transformers slow path"}
 
-    # The project's forward without gradients is the fused CPU kernel (what `selective_scan` runs for inference);
-    # with gradients, the blocked PyTorch path autograd differentiates (the forward+backward rows).
+    # The project's scan on CPU is the fused kernel: without gradients one call (inference), with them the kernel's
+    # forward and its own backward (training: the forward+backward rows).
     def ours_one():
         return selective_scan_fused(**fwd, delta_softplus=True)
 
@@ -221,10 +222,15 @@ def main() -> None:
             "forward, bidirectional", name, median_time(_per_direction(fn, fwd, bwd), args.repeats), t_both, err_both
         )
 
-    grads_one = _forward_backward(selective_scan_torch, fwd)[1]
-    grads_both = _forward_backward(selective_scan_torch, both)[1]
-    t_one = median_time(lambda: _forward_backward(selective_scan_torch, fwd), args.repeats)
-    t_both = median_time(lambda: _forward_backward(selective_scan_torch, both), args.repeats)
+    grads_one = _forward_backward(selective_scan_fused, fwd)[1]
+    grads_both = _forward_backward(selective_scan_fused, both)[1]
+    t_one = median_time(lambda: _forward_backward(selective_scan_fused, fwd), args.repeats)
+    t_both = median_time(lambda: _forward_backward(selective_scan_fused, both), args.repeats)
+    blocked_one = median_time(lambda: _forward_backward(selective_scan_torch, fwd), args.repeats)
+    blocked_both = median_time(lambda: _forward_backward(selective_scan_torch, both), args.repeats)
+    print(f"project forward+backward: fused kernel {t_one * 1e3:.1f} / {t_both * 1e3:.1f} ms (one direction / "
+          f"bidirectional), the blocked PyTorch scan through autograd {blocked_one * 1e3:.1f} / "
+          f"{blocked_both * 1e3:.1f} ms")  # fmt: skip
     for name, fn in baselines.items():
         if name in slow and args.skip_slow_grad:
             continue

@@ -88,19 +88,27 @@ def test_an_unwritable_cache_or_a_damaged_build_falls_back(fresh, monkeypatch, c
 
 @pytest.mark.skipif("avx2" not in cpu_flags(), reason="runs an AVX2 build, which needs an AVX2 CPU")
 def test_an_avx2_build_gives_the_reference_results(fresh, monkeypatch):
-    """What an AVX2-only machine compiles (x86-64-v3: AVX2 and FMA, no AVX512), run here: full and partial channel
-    tiles, grouped, every extra input."""
+    """What an AVX2-only machine compiles (x86-64-v3: AVX2 and FMA, no AVX512), run here: forward and backward,
+    full and partial channel tiles, grouped, every extra input."""
     library = fresh / "avx2.so"
     source = native_kernels.CSRC / "selective_scan_cpu.cpp"
     assert native_kernels.compile_kernel(source, library, native_kernels.compiler(), march="x86-64-v3") == ""
-    monkeypatch.setattr(selective_scan, "fused_cpu_scan", lambda: selective_scan.scan_entry(ctypes.CDLL(str(library))))
+    built = ctypes.CDLL(str(library))
+    monkeypatch.setattr(selective_scan, "fused_cpu_scan", lambda: selective_scan.scan_entry(built))
+    monkeypatch.setattr(selective_scan, "fused_cpu_scan_backward", lambda: selective_scan.backward_entry(built))
     g = torch.Generator().manual_seed(3)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    x = dict(u=r(2, 40, 61), delta=r(2, 40, 61), A=-torch.exp(r(40, 16)), B=r(2, 2, 16, 61), C=r(2, 2, 16, 61))
-    kw = dict(D=r(40), z=r(2, 40, 61), delta_bias=0.1 * r(40), delta_softplus=True)
-    torch.testing.assert_close(
-        selective_scan.selective_scan_fused(**x, **kw), selective_scan.selective_scan_reference(**x, **kw)
-    )
+    x = dict(u=r(2, 40, 61), delta=r(2, 40, 61), A=-torch.exp(r(40, 16)), B=r(2, 2, 16, 61), C=r(2, 2, 16, 61),
+             D=r(40), z=r(2, 40, 61), delta_bias=0.1 * r(40))  # fmt: skip
+    dy = r(2, 40, 61)
+    results = []
+    for fn in (selective_scan.selective_scan_fused, selective_scan.selective_scan_reference):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+        y = fn(**leaves, delta_softplus=True)
+        y.backward(dy)  # the training path: the kernel's backward
+        results.append((y.detach(), *(leaves[k].grad for k in x)))
+    for ours, ref in zip(*results):
+        torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
 
 
 def test_the_kernel_runs_on_torchs_own_openmp_runtime(fresh):

@@ -12,10 +12,13 @@ with C per block as a batched row-vector x matrix product (state axis before cha
 `selective_scan_reference` is the plain per-timestep loop, kept as the ground truth for tests and benchmarks.
 The ``mamba_ssm`` / ``causal_conv1d`` CUDA kernels are imported lazily and used only for CUDA tensors.
 
-Without gradients on CPU (inference), `selective_scan_fused` runs the whole recurrence, the C contraction, the D skip
-and the silu gate in one pass per 16-channel tile with the tile's state in L1 (``csrc/selective_scan_cpu.cpp``,
-compiled once per machine for its own vector width, `gemma3.model.native_kernels`); where it cannot be built (no
-C++ compiler) the blocked PyTorch path runs instead.
+On CPU, `selective_scan_fused` runs the whole recurrence, the C contraction, the D skip and the silu gate in one
+pass per 16-channel tile with the tile's state in L1 (``csrc/selective_scan_cpu.cpp``, compiled once per machine for
+its own vector width, `gemma3.model.native_kernels`). With gradients (training) the same kernel runs the recurrence
+inside an autograd function whose backward is the kernel's reverse pass (`_FusedScan`), while the D skip, the gate
+and delta's softplus stay PyTorch ops; autograd through the blocked path's per-timestep steps cost 45% of a
+VideoMamba encoder's training step. Where the kernel cannot be built (no C++ compiler) the blocked PyTorch path runs
+instead.
 """
 
 from __future__ import annotations
@@ -285,13 +288,31 @@ def scan_entry(library: ctypes.CDLL) -> Callable:
     return fn
 
 
-def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The fused CPU forward (no autograd): same shapes and results as `selective_scan_reference`, computed in fp32
-    and returned in u's dtype, on ``torch.get_num_threads()`` threads. Raises RuntimeError where the kernel could
-    not be built."""
-    kernel = fused_cpu_scan()
-    if kernel is None:
-        raise RuntimeError("the fused CPU selective scan could not be built on this machine (see the log)")
+@functools.lru_cache(maxsize=1)
+def fused_cpu_scan_backward() -> Callable | None:
+    """The fused CPU scan's backward entry point (same library as `fused_cpu_scan`), or None where it cannot be
+    built."""
+    library = load_kernel("selective_scan_cpu")
+    return None if library is None else backward_entry(library)
+
+
+def backward_entry(library: ctypes.CDLL) -> Callable:
+    """The kernel library's ``gemma3_scan_backward``, typed: 11 pointers (u, delta, A, Bt, Ct, dy, du, ddelta,
+    dA_part, dBt_part, dCt_part), then batch, channels, length, groups, d_state and threads."""
+    fn = library.gemma3_scan_backward
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 11 + [ctypes.c_int64] * 6
+    return fn
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _fused_inputs(u, delta, A, B, C, delta_bias, delta_softplus):
+    """The kernel's inputs, fp32 and contiguous (differentiable ops, so autograd reaches the caller's tensors): u,
+    the prepared delta [B, D, L], A [D, N], B and C time-major per group [B, G, L, N] (each timestep's N values
+    contiguous); checks the shapes."""
     b, d, length = u.shape
     g, n = _num_groups(u, B, C), A.shape[1]
     if A.shape[0] != d or not 1 <= n <= 64:
@@ -299,18 +320,63 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     Bg, Cg = _grouped(B), _grouped(C)  # [B, G, N, L]
     if Bg.shape != (b, g, n, length) or Cg.shape != Bg.shape:
         raise ValueError(f"B / C must be [{b}, {n}, {length}] or [{b}, G, {n}, {length}], got {tuple(B.shape)}")
-    u_f = u.float().contiguous()
-    dl = _prepare(delta, delta_bias, delta_softplus).contiguous()  # [B, D, L]
-    A_f = A.float().contiguous()  # [D, N]
-    Bt = Bg.float().transpose(-1, -2).contiguous()  # [B, G, L, N]: each timestep's N values contiguous
+    Bt = Bg.float().transpose(-1, -2).contiguous()  # [B, G, L, N]
     Ct = Cg.float().transpose(-1, -2).contiguous()
+    dl = _prepare(delta, delta_bias, delta_softplus).contiguous()  # [B, D, L]
+    return u.float().contiguous(), dl, A.float().contiguous(), Bt, Ct
+
+
+def _kernel_forward(u_f, dl, A_f, Bt, Ct, D_f=None, z_f=None) -> torch.Tensor:
+    """y [B, D, L] fp32 from the fused kernel (inputs as `_fused_inputs` gives them)."""
+    kernel = fused_cpu_scan()
+    if kernel is None:
+        raise RuntimeError("the fused CPU selective scan could not be built on this machine (see the log)")
+    b, d, length = u_f.shape
+    y = torch.empty_like(u_f)  # [B, D, L]
+    kernel(_ptr(u_f), _ptr(dl), _ptr(A_f), _ptr(Bt), _ptr(Ct), _ptr(D_f), _ptr(z_f), _ptr(y), b, d, length,
+           Bt.shape[1], A_f.shape[1], torch.get_num_threads())  # fmt: skip
+    return y
+
+
+class _FusedScan(torch.autograd.Function):
+    """y_t = <C_t, h_t> (no D, no gate) by the fused kernel, differentiable in u, delta, A, B and C: the backward
+    recomputes each tile's states and walks back through them (``gemma3_scan_backward``)."""
+
+    @staticmethod
+    def forward(ctx, u_f, dl, A_f, Bt, Ct):  # fp32 contiguous, as `_fused_inputs` gives them
+        ctx.save_for_backward(u_f, dl, A_f, Bt, Ct)
+        return _kernel_forward(u_f, dl, A_f, Bt, Ct)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        u_f, dl, A_f, Bt, Ct = ctx.saved_tensors
+        backward = fused_cpu_scan_backward()
+        b, d, length = u_f.shape
+        g, n = Bt.shape[1], A_f.shape[1]
+        tiles = -(-(d // g) // 16)  # the kernel's 16-channel tiles per group
+        dy = dy.float().contiguous()
+        du, ddl = torch.empty_like(u_f), torch.empty_like(dl)
+        dA = u_f.new_empty(b, d, n)  # one row per batch element
+        dBt, dCt = (u_f.new_zeros(b, g, tiles, length, n) for _ in range(2))  # one slice per tile
+        backward(_ptr(u_f), _ptr(dl), _ptr(A_f), _ptr(Bt), _ptr(Ct), _ptr(dy), _ptr(du), _ptr(ddl), _ptr(dA),
+                 _ptr(dBt), _ptr(dCt), b, d, length, g, n, torch.get_num_threads())  # fmt: skip
+        return du, ddl, dA.sum(0), dBt.sum(2), dCt.sum(2)
+
+
+def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The fused CPU scan: same shapes and results as `selective_scan_reference`, computed in fp32 and returned in
+    u's dtype, on ``torch.get_num_threads()`` threads. With gradients the recurrence runs in `_FusedScan` (the
+    kernel's own backward) and the D skip and gate as PyTorch ops; without, all in one kernel call. Raises
+    RuntimeError where the kernel could not be built."""
+    u_f, dl, A_f, Bt, Ct = _fused_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
+    if _needs_grad(u, delta, A, B, C, D, z, delta_bias):
+        if fused_cpu_scan_backward() is None:
+            raise RuntimeError("the fused CPU selective scan could not be built on this machine (see the log)")
+        return _finish(_FusedScan.apply(u_f, dl, A_f, Bt, Ct), u, D, z, u.dtype)
     D_f = None if D is None else D.float().contiguous()
     z_f = None if z is None else z.float().contiguous()
-    y = torch.empty_like(u_f)  # [B, D, L]
-    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-    kernel(ptr(u_f), ptr(dl), ptr(A_f), ptr(Bt), ptr(Ct), ptr(D_f), ptr(z_f), ptr(y), b, d, length, g, n,
-           torch.get_num_threads())  # fmt: skip
-    return y.to(u.dtype)
+    return _kernel_forward(u_f, dl, A_f, Bt, Ct, D_f, z_f).to(u.dtype)
 
 
 def _needs_grad(*tensors) -> bool:
@@ -321,8 +387,8 @@ def selective_scan(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, use_cuda_kernels: bool = True
 ):
     """Selective scan: the mamba_ssm CUDA kernel for CUDA tensors when it imports, `selective_scan_graph` while
-    ``torch.export`` traces the model (ONNX export), the fused CPU kernel without gradients on CPU, else the blocked
-    PyTorch path."""
+    ``torch.export`` traces the model (ONNX export), the fused CPU kernel on CPU (with its backward when gradients
+    are needed), else the blocked PyTorch path."""
     if torch.compiler.is_exporting():
         return selective_scan_graph(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     if use_cuda_kernels and u.is_cuda:
@@ -330,7 +396,8 @@ def selective_scan(
         if fn is not None:
             return fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
         check_kernels()  # warns once with the import error
-    if u.device.type == "cpu" and not _needs_grad(u, delta, A, B, C, D, z, delta_bias) and fused_cpu_scan():
+    training = _needs_grad(u, delta, A, B, C, D, z, delta_bias)
+    if u.device.type == "cpu" and fused_cpu_scan() and (not training or fused_cpu_scan_backward()):
         return selective_scan_fused(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 

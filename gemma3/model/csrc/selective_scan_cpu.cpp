@@ -2,7 +2,9 @@
 //   h_t = exp(delta_t * A) * h_{t-1} + delta_t * u_t * B_t,   y_t = <C_t, h_t> + D * u_t,   y_t *= silu(z_t)
 // with the tile's state in L1 ([d_state][16 channels]), reading u, delta and z once and writing y once. The inner
 // loops run across the tile's channels (one vector of 16 lanes, or two of 8), so <C_t, h_t> needs no horizontal sum.
-// No autograd: inference only (gemma3/model/selective_scan.py keeps the PyTorch path for training).
+// Training: gemma3_scan_backward recomputes a tile's states over time (kept in a buffer of the tile's own), then walks
+// back through them once, giving the gradients of u, delta, A, B and C (D, the gate and delta's softplus stay in
+// PyTorch's autograd around it: gemma3/model/selective_scan.py).
 // Plain C++ with a C entry point and no torch headers: gemma3/model/native_kernels.py compiles it in about a second
 // with -O3 -march=native (each machine gets its own vector width) and -fopenmp, and calls it through ctypes.
 #include <algorithm>
@@ -108,35 +110,117 @@ void run_tile(int64_t n, Rows r, const float* A, const float* Bt, const float* C
   }
 }
 
-}  // namespace
 
-// u, delta, z, y: [B, D, L] fp32 contiguous (delta biased and softplus-ed; z and D may be null); A: [D, N]; Bt, Ct:
-// [B, G, L, N] (channels split into G equal groups). Runs on `threads` threads (the caller's one of them).
-extern "C" void gemma3_scan_forward(const float* u, const float* delta, const float* A, const float* Bt,
-                                    const float* Ct, const float* D, const float* z, float* y, int64_t batch,
-                                    int64_t channels, int64_t L, int64_t groups, int64_t n, int64_t threads) {
-  const int64_t per_group = channels / groups;
-  const int64_t tiles = (per_group + kTile - 1) / kTile;  // per (batch, group); the last may be partial
-  const int64_t jobs = batch * groups * tiles;
-  auto work = [&](int64_t begin, int64_t end) {
-    for (int64_t job = begin; job < end; ++job) {
-      const int64_t b = job / (groups * tiles), g = (job / tiles) % groups, tile = job % tiles;
-      const int64_t d0 = g * per_group + tile * kTile;
-      const int64_t width = std::min(kTile, (g + 1) * per_group - d0);
-      const float* bt = Bt + (b * groups + g) * L * n;
-      const float* ct = Ct + (b * groups + g) * L * n;
-      for (int64_t c = 0; c < width; c += (width == kTile ? kTile : 1)) {
-        const int64_t off = (b * channels + d0 + c) * L;
-        Rows r{u + off, delta + off, z != nullptr ? z + off : nullptr, y + off};
-        const float* ds = D != nullptr ? D + d0 + c : nullptr;
-        if (width == kTile) {
-          run_tile<kTile>(n, r, A + (d0 + c) * n, bt, ct, ds, L);
-        } else {
-          run_tile<1>(n, r, A + (d0 + c) * n, bt, ct, ds, L);
-        }
+struct GradRows {  // a tile's rows, as Rows, for the backward: inputs, the output's gradient, the inputs' gradients
+  const float* u;
+  const float* delta;
+  const float* dy;
+  float* du;
+  float* ddelta;
+};
+
+// The backward of y_t = <C_t, h_t> (no D, no gate) over one tile of W channels. dA: the tile's first channel's [N]
+// row of this batch's dA (written); dBt, dCt: this tile's own [L, N] partial sums (added to; the caller sums the
+// tiles of a group); hs: room for L * N * W floats.
+template <int64_t N, int64_t W>
+void scan_tile_backward(GradRows r, const float* A, const float* Bt, const float* Ct, float* dA, float* dBt, float* dCt,
+                        int64_t L, int64_t n_rt, float* hs) {
+  const int64_t n = N > 0 ? N : n_rt;
+  alignas(64) float h[kMaxState][W];
+  alignas(64) float a[kMaxState][W];
+  alignas(64) float g[kMaxState][W];   // dLoss / dh_t, carried back in time
+  alignas(64) float ga[kMaxState][W];  // dA's sums over time
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < W; ++c) {
+      h[i][c] = g[i][c] = ga[i][c] = 0.0f;
+      a[i][c] = A[c * n + i];
+    }
+  }
+  alignas(64) float dt[W], uu[W], dy[W], ddt[W], duu[W];
+  for (int64_t t = 0; t < L; ++t) {  // the states, as the forward computes them
+    for (int64_t c = 0; c < W; ++c) {
+      dt[c] = r.delta[c * L + t];
+      uu[c] = dt[c] * r.u[c * L + t];
+    }
+    const float* b = Bt + t * n;
+    for (int64_t i = 0; i < n; ++i) {
+      const float bi = b[i];
+      float* out = hs + (t * n + i) * W;
+#pragma omp simd aligned(h, a, dt, uu : 64)
+      for (int64_t c = 0; c < W; ++c) {
+        h[i][c] = vexp(dt[c] * a[i][c]) * h[i][c] + uu[c] * bi;
+        out[c] = h[i][c];
       }
     }
-  };
+  }
+  for (int64_t t = L - 1; t >= 0; --t) {
+    for (int64_t c = 0; c < W; ++c) {
+      dt[c] = r.delta[c * L + t];
+      uu[c] = r.u[c * L + t];
+      dy[c] = r.dy[c * L + t];
+      ddt[c] = duu[c] = 0.0f;
+    }
+    const float* b = Bt + t * n;
+    const float* cc = Ct + t * n;
+    for (int64_t i = 0; i < n; ++i) {
+      const float bi = b[i], ci = cc[i];
+      const float* ht = hs + (t * n + i) * W;
+      const float* hp = t > 0 ? hs + ((t - 1) * n + i) * W : nullptr;
+      float sc = 0.0f, sb = 0.0f;
+#pragma omp simd aligned(a, g, ga, dt, uu, dy, ddt, duu : 64) reduction(+ : sc, sb)
+      for (int64_t c = 0; c < W; ++c) {
+        const float gi = g[i][c] + dy[c] * ci;  // h_t's gradient: from y_t, and from h_{t+1} (carried)
+        const float e = vexp(dt[c] * a[i][c]);
+        const float prev = hp != nullptr ? hp[c] : 0.0f;
+        const float gpe = gi * prev * e;  // through exp(delta_t * A) * h_{t-1}
+        sc += dy[c] * ht[c];
+        sb += gi * dt[c] * uu[c];
+        ddt[c] += gpe * a[i][c] + gi * uu[c] * bi;
+        duu[c] += gi * dt[c] * bi;
+        ga[i][c] += gpe * dt[c];
+        g[i][c] = gi * e;
+      }
+      dCt[t * n + i] += sc;
+      dBt[t * n + i] += sb;
+    }
+    for (int64_t c = 0; c < W; ++c) {
+      r.ddelta[c * L + t] = ddt[c];
+      r.du[c * L + t] = duu[c];
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < W; ++c) dA[c * n + i] = ga[i][c];
+  }
+}
+
+template <int64_t W>
+void run_tile_backward(int64_t n, GradRows r, const float* A, const float* Bt, const float* Ct, float* dA, float* dBt,
+                       float* dCt, int64_t L, float* hs) {
+  if (n == 16) {
+    scan_tile_backward<16, W>(r, A, Bt, Ct, dA, dBt, dCt, L, n, hs);
+  } else if (n == 8) {
+    scan_tile_backward<8, W>(r, A, Bt, Ct, dA, dBt, dCt, L, n, hs);
+  } else {
+    scan_tile_backward<0, W>(r, A, Bt, Ct, dA, dBt, dCt, L, n, hs);
+  }
+}
+
+struct Tile {
+  int64_t b, d0, width;  // batch row, first channel, channels (kTile, or fewer for a group's last tile)
+  int64_t bc;            // where this batch row and group's [L, N] start in Bt / Ct
+};
+
+// Job j of batch * groups * tiles, in (batch, group, tile) order; bc_stride = L * N.
+inline Tile tile_of(int64_t job, int64_t groups, int64_t tiles, int64_t per_group, int64_t bc_stride) {
+  const int64_t b = job / (groups * tiles), g = (job / tiles) % groups, tile = job % tiles;
+  const int64_t d0 = g * per_group + tile * kTile;
+  return Tile{b, d0, std::min(kTile, (g + 1) * per_group - d0), (b * groups + g) * bc_stride};
+}
+
+// Jobs [0, jobs) split into contiguous ranges, one per thread: work(begin, end) on up to `threads` threads (the
+// caller's one of them).
+template <typename Work>
+void run_jobs(int64_t jobs, int64_t threads, const Work& work) {
   const int64_t workers = std::max<int64_t>(1, std::min(threads, jobs));
 #ifdef _OPENMP
   // torch's own OpenMP runtime (see native_kernels.py): its threads, not new ones competing with them
@@ -151,6 +235,71 @@ extern "C" void gemma3_scan_forward(const float* u, const float* delta, const fl
   work(0, jobs / workers);
   for (auto& t : pool) t.join();
 #endif
+}
+
+}  // namespace
+
+// u, delta, z, y: [B, D, L] fp32 contiguous (delta biased and softplus-ed; z and D may be null); A: [D, N]; Bt, Ct:
+// [B, G, L, N] (channels split into G equal groups). Runs on `threads` threads (the caller's one of them).
+extern "C" void gemma3_scan_forward(const float* u, const float* delta, const float* A, const float* Bt,
+                                    const float* Ct, const float* D, const float* z, float* y, int64_t batch,
+                                    int64_t channels, int64_t L, int64_t groups, int64_t n, int64_t threads) {
+  const int64_t per_group = channels / groups;
+  const int64_t tiles = (per_group + kTile - 1) / kTile;  // per (batch, group); the last may be partial
+  const int64_t jobs = batch * groups * tiles;
+  auto work = [&](int64_t begin, int64_t end) {
+    for (int64_t job = begin; job < end; ++job) {
+      const Tile tl = tile_of(job, groups, tiles, per_group, L * n);
+      const int64_t b = tl.b, d0 = tl.d0, width = tl.width;
+      const float* bt = Bt + tl.bc;
+      const float* ct = Ct + tl.bc;
+      for (int64_t c = 0; c < width; c += (width == kTile ? kTile : 1)) {
+        const int64_t off = (b * channels + d0 + c) * L;
+        Rows r{u + off, delta + off, z != nullptr ? z + off : nullptr, y + off};
+        const float* ds = D != nullptr ? D + d0 + c : nullptr;
+        if (width == kTile) {
+          run_tile<kTile>(n, r, A + (d0 + c) * n, bt, ct, ds, L);
+        } else {
+          run_tile<1>(n, r, A + (d0 + c) * n, bt, ct, ds, L);
+        }
+      }
+    }
+  };
+  run_jobs(jobs, threads, work);
+}
+
+// The gradients of y = scan(u, delta, A, B, C) (no D, no gate; shapes as gemma3_scan_forward's) given dy: du, ddelta
+// [B, D, L]; dA_part [B, D, N] (one row per batch element: the caller sums them); dBt_part, dCt_part [B, G, tiles, L,
+// N], zeroed by the caller (one slice per tile of 16 channels: the caller sums them).
+extern "C" void gemma3_scan_backward(const float* u, const float* delta, const float* A, const float* Bt,
+                                     const float* Ct, const float* dy, float* du, float* ddelta, float* dA_part,
+                                     float* dBt_part, float* dCt_part, int64_t batch, int64_t channels, int64_t L,
+                                     int64_t groups, int64_t n, int64_t threads) {
+  const int64_t per_group = channels / groups;
+  const int64_t tiles = (per_group + kTile - 1) / kTile;
+  const int64_t jobs = batch * groups * tiles;
+  auto work = [&](int64_t begin, int64_t end) {
+    std::vector<float> hs(static_cast<size_t>(L * n * kTile));
+    for (int64_t job = begin; job < end; ++job) {
+      const Tile tl = tile_of(job, groups, tiles, per_group, L * n);
+      const int64_t b = tl.b, d0 = tl.d0, width = tl.width;
+      const float* bt = Bt + tl.bc;
+      const float* ct = Ct + tl.bc;
+      float* dbt = dBt_part + job * L * n;  // jobs run over (batch, group, tile) in the partials' own order
+      float* dct = dCt_part + job * L * n;
+      for (int64_t c = 0; c < width; c += (width == kTile ? kTile : 1)) {
+        const int64_t off = (b * channels + d0 + c) * L;
+        GradRows r{u + off, delta + off, dy + off, du + off, ddelta + off};
+        float* da = dA_part + (b * channels + d0 + c) * n;
+        if (width == kTile) {
+          run_tile_backward<kTile>(n, r, A + (d0 + c) * n, bt, ct, da, dbt, dct, L, hs.data());
+        } else {
+          run_tile_backward<1>(n, r, A + (d0 + c) * n, bt, ct, da, dbt, dct, L, hs.data());
+        }
+      }
+    }
+  };
+  run_jobs(jobs, threads, work);
 }
 
 // 1 when built with OpenMP (the threads are then an OpenMP team), 0 for the std::thread version.
