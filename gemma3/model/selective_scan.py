@@ -305,6 +305,10 @@ def backward_entry(library: ctypes.CDLL) -> Callable:
     return fn
 
 
+_NOT_BUILT = "the fused CPU selective scan could not be built on this machine (see the log)"
+KERNEL_TILE = 16  # channels per tile of the fused kernel (kTile in csrc/selective_scan_cpu.cpp)
+
+
 def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
@@ -330,7 +334,7 @@ def _kernel_forward(u_f, dl, A_f, Bt, Ct, D_f=None, z_f=None) -> torch.Tensor:
     """y [B, D, L] fp32 from the fused kernel (inputs as `_fused_inputs` gives them)."""
     kernel = fused_cpu_scan()
     if kernel is None:
-        raise RuntimeError("the fused CPU selective scan could not be built on this machine (see the log)")
+        raise RuntimeError(_NOT_BUILT)
     b, d, length = u_f.shape
     y = torch.empty_like(u_f)  # [B, D, L]
     kernel(_ptr(u_f), _ptr(dl), _ptr(A_f), _ptr(Bt), _ptr(Ct), _ptr(D_f), _ptr(z_f), _ptr(y), b, d, length,
@@ -354,7 +358,7 @@ class _FusedScan(torch.autograd.Function):
         backward = fused_cpu_scan_backward()
         b, d, length = u_f.shape
         g, n = Bt.shape[1], A_f.shape[1]
-        tiles = -(-(d // g) // 16)  # the kernel's 16-channel tiles per group
+        tiles = -(-(d // g) // KERNEL_TILE)  # the kernel's tiles per group
         dy = dy.float().contiguous()
         du, ddl = torch.empty_like(u_f), torch.empty_like(dl)
         dA = u_f.new_empty(b, d, n)  # one row per batch element
@@ -372,7 +376,7 @@ def selective_scan_fused(u, delta, A, B, C, D=None, z=None, delta_bias=None, del
     u_f, dl, A_f, Bt, Ct = _fused_inputs(u, delta, A, B, C, delta_bias, delta_softplus)
     if _needs_grad(u, delta, A, B, C, D, z, delta_bias):
         if fused_cpu_scan_backward() is None:
-            raise RuntimeError("the fused CPU selective scan could not be built on this machine (see the log)")
+            raise RuntimeError(_NOT_BUILT)
         return _finish(_FusedScan.apply(u_f, dl, A_f, Bt, Ct), u, D, z, u.dtype)
     D_f = None if D is None else D.float().contiguous()
     z_f = None if z is None else z.float().contiguous()
