@@ -5,9 +5,12 @@ Measured side by side in one run (median of repeats), 100-token prompt, 64 new g
 - ``fp32, exact head, generate static``: the same with ``cache_implementation="static"`` (transformers' own static
   KV cache: the honest baseline for the project's static decoder), and with the int8 head;
 - ``fp32, int8 head, generate``: the same generate with the rescored int8 output head (`gemma3.model.fast_head`);
-- ``fp32, int8 head, static``: the int8 head and the static-cache decoding loop (`gemma3.model.static_decode`);
-- ``project default``: the same with fp16 copies of the decoder's linears (`gemma3.model.fast_linears`, fbgemm's
-  fp16 GEMM with fp32 activations), what ``Predictor`` uses on CPU (``--head auto --decoder auto --weights auto``);
+- ``fp32, int8 head, static``: the int8 head and the static-cache decoding loop (`gemma3.model.static_decode`,
+  its Python step over the model's own modules);
+- ``fp16 layer kernel, int8 head, static``: fp16 copies of the decoder's linears (`gemma3.model.fast_linears`) and
+  each layer's step as one call of the decoding kernel (``csrc/decode_cpu.cpp``: fp16 weights, fp32 activations);
+- ``project default``: the same with the rescored int4 head (`gemma3.model.fast_head`), what ``Predictor`` uses on
+  CPU (``--head auto --decoder auto --weights auto``);
 - ``bf16 ...``: bf16 decoder weights as well (``--dtype bfloat16``);
 - ``llama.cpp``: llama-cpp-python on the Q4_K_M GGUF the project's 270M is converted from (the same weights), when
   it is installed (``pip install -r requirements-llama.txt``, an optional extra that compiles for ~20 minutes).
@@ -29,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from timing import cpu_line, median_time  # noqa: E402
+from timing import cpu_line, interleaved_medians, median_time  # noqa: E402
 
 PROMPTS = [
     "The history of the bicycle begins in the early nineteenth century, when",
@@ -64,14 +67,19 @@ def _long_prompt(tok, length: int) -> torch.Tensor:
 
 
 def _agreement(model, head, sequences, prompt_lens, reference, linears=None) -> float:
-    """Share of the continuation positions whose argmax equals the reference's."""
-    from gemma3.model.fast_head import output_head
+    """Share of the continuation positions whose argmax equals the reference's. A rescored head scores one position
+    per call, as batch-1 decoding calls it (the int4 head runs its kernel up to 2 rows, its int8 copy beyond)."""
     from gemma3.model.fast_linears import linears_in_forward
 
     same = total = 0
-    with torch.no_grad(), output_head(model, head), linears_in_forward(model, linears):
+    with torch.no_grad(), linears_in_forward(model, linears):
         for seq, n, ref in zip(sequences, prompt_lens, reference):
-            pred = model(seq).logits[0, n - 1 : -1].argmax(-1)  # [64]
+            out = model(seq, output_hidden_states=head is not None)
+            if head is None:
+                pred = out.logits[0, n - 1 : -1].argmax(-1)  # [64]
+            else:  # the final-normed hidden states through the head (a final softcap keeps the argmax)
+                hidden = out.hidden_states[-1][0, n - 1 : -1]  # [64, D]
+                pred = torch.stack([head(hidden[t : t + 1])[0].argmax() for t in range(hidden.shape[0])])
             same += int((pred == ref).sum())
             total += ref.numel()
     return same / total
@@ -87,7 +95,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from gemma3.model.fast_head import build_int8_head, output_head
+    from gemma3.model.fast_head import build_head, build_int8_head, output_head
     from gemma3.model.fast_linears import pack_fp16_linears
     from gemma3.model.offline import gemma3_270m_gguf, gemma3_270m_path
     from gemma3.model.static_decode import static_greedy_generate
@@ -98,7 +106,7 @@ def main() -> None:
     bf16 = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).eval()
     for model in (fp32, bf16):  # exactly max_new_tokens per call, as llama.cpp's loop below (no EOS stop, and no
         model.generation_config.eos_token_id = None  # min_new_tokens processor: it scans the 262k vocabulary per step)
-    int8_fp32, int8_bf16 = build_int8_head(fp32), build_int8_head(bf16)
+    int8_fp32, int8_bf16, int4 = build_int8_head(fp32), build_int8_head(bf16), build_head(fp32, "int4")
     fp16 = pack_fp16_linears(fp32)
     settings = {  # name: (model, generation head, decoder, the static decoder's linears)
         "fp32, exact head, generate": (fp32, None, "generate", None),
@@ -106,14 +114,15 @@ def main() -> None:
         "fp32, int8 head, generate": (fp32, int8_fp32, "generate", None),
         "fp32, int8 head, generate static": (fp32, int8_fp32, "generate static", None),
         "fp32, int8 head, static": (fp32, int8_fp32, "static", None),
-        "project default (fp16 w, int8, static)": (fp32, int8_fp32, "static", fp16),
+        "fp16 layer kernel, int8 head, static": (fp32, int8_fp32, "static", fp16),
+        "project default (fp16 kernel, int4, static)": (fp32, int4, "static", fp16),
         "bf16, int8 head, generate": (bf16, int8_bf16, "generate", None),
         "bf16, int8 head, static": (bf16, int8_bf16, "static", None),
     }
     ids = _long_prompt(tok, args.prompt_tokens)
     n = args.new_tokens
 
-    def decode(model, head, decoder, linears=None, prompt=ids):
+    def decode(model, head, decoder, linears=None, prompt=ids, n=n):
         with torch.no_grad(), output_head(model, head):
             if decoder == "static":
                 return static_greedy_generate(model, {"input_ids": prompt}, n, [], tok.pad_token_id, linears=linears)
@@ -139,15 +148,23 @@ def main() -> None:
         prompt_lens.append(p.shape[1])
         reference.append(seq[0, p.shape[1] :])
     print(f"CPU: {cpu_line()}; torch {torch.__version__}")
-    print(f"prompt {ids.shape[1]} tokens, {n} new tokens, batch 1, {args.threads} threads, median of {args.repeats}")
+    print(f"prompt {ids.shape[1]} tokens, {n} new tokens, batch 1, {args.threads} threads, median of {args.repeats}; "
+          "tokens/s: the whole call (prompt included, as llama.cpp's loop below) and the new tokens alone")  # fmt: skip
+    default = "project default (fp16 kernel, int4, static)"
     rates = {}
     for name, (model, head, decoder, linears) in settings.items():
         seconds = median_time(lambda m=model, h=head, d=decoder, li=linears: decode(m, h, d, li), args.repeats)
+        prompt = median_time(lambda m=model, h=head, d=decoder, li=linears: decode(m, h, d, li, n=1), args.repeats)
         rates[name] = n / seconds
         agree = _agreement(model, head, sequences, prompt_lens, reference, linears)
         match = f"{greedy_match(model, head, decoder, linears):7.2%}" if decoder == "static" else "    (generate)"
-        print(f"{name:<40} {rates[name]:6.1f} tokens/s | teacher-forced agreement with fp32 {agree:7.2%} "
-              f"({len(PROMPTS)} prompts x {n}) | own greedy tokens = fp32 generate's {match}")  # fmt: skip
+        print(f"{name:<46} {rates[name]:5.1f} tokens/s, new tokens {(n - 1) / (seconds - prompt):5.1f}/s "
+              f"(prompt {prompt:.3f} s) | teacher-forced agreement with fp32 {agree:7.2%} ({len(PROMPTS)} prompts "
+              f"x {n}) | own greedy tokens = fp32 generate's {match}")  # fmt: skip
+    print(
+        f"project default / fp32 exact generate: {rates[default] / rates['fp32, exact head, generate']:.2f}x, "
+        f"/ fp32 generate static: {rates[default] / rates['fp32, exact head, generate static']:.2f}x"
+    )
     try:
         from llama_cpp import Llama
     except ImportError:
@@ -156,20 +173,29 @@ def main() -> None:
     import numpy as np
 
     llm = Llama(str(gemma3_270m_gguf()), n_threads=args.threads, n_ctx=512, verbose=False)
-    prompt = ids[0].tolist()
+    prompt_ids = ids[0].tolist()
 
-    def llama_decode():
+    def llama_decode(new: int = n):
         llm.reset()
-        llm.eval(prompt)
-        for _ in range(n):
+        llm.eval(prompt_ids)
+        for _ in range(new - 1):  # the prompt's eval gives the first token's logits, as the project's prefill does
             llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        return int(np.argmax(llm.scores[llm.n_tokens - 1]))
 
-    rates["llama.cpp"] = n / median_time(llama_decode, args.repeats)
-    print(f"{'llama.cpp (Q4_K_M, same weights)':<40} {rates['llama.cpp']:6.1f} tokens/s")
-    default = rates["project default (fp16 w, int8, static)"]
-    print(f"project default / llama.cpp: {default / rates['llama.cpp']:.2f}x (goal >= 1.0x); "
-          f"project default / fp32 exact generate: {default / rates['fp32, exact head, generate']:.2f}x, "
-          f"/ fp32 generate static: {default / rates['fp32, exact head, generate static']:.2f}x")  # fmt: skip
+    model, head, decoder, linears = settings[default]
+    t = interleaved_medians({  # in turn, so the machine's drift during the run touches both alike
+        "ours": lambda: decode(model, head, decoder, linears),
+        "ours prompt": lambda: decode(model, head, decoder, linears, n=1),
+        "llama": llama_decode,
+        "llama prompt": lambda: llama_decode(1),
+    }, args.repeats)  # fmt: skip
+    for who, label in (("ours", default), ("llama", "llama.cpp (Q4_K_M, same weights)")):
+        print(f"{label:<46} {n / t[who]:5.1f} tokens/s, new tokens {(n - 1) / (t[who] - t[who + ' prompt']):5.1f}/s "
+              f"(prompt {t[who + ' prompt']:.3f} s), interleaved")  # fmt: skip
+    whole = t["llama"] / t["ours"]
+    new_only = (t["llama"] - t["llama prompt"]) / (t["ours"] - t["ours prompt"])
+    print(f"project default / llama.cpp: {whole:.2f}x tokens/s with the prompt, {new_only:.2f}x the new tokens alone "
+          "(goal >= 1.0x)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Generated tokens/s at batch 1 vs batch 8: same prompts, same model (custom model, Gemma 3 270M backbone, small
 encoders), measured side by side in one run on CPU, with the output head and decoder weights inference uses by
-default there (``--head auto``: the rescored int8 head; ``--weights auto``: fp16 copies of the decoder's linears).
+default there (``--head auto``: the rescored int4 head, int8 beyond 2 rows; ``--weights auto``: fp16 copies of the
+decoder's linears, run by the decoder layer kernel).
 Batch-1 decoding against llama.cpp: ``bench/bench_decode.py``.
 
     python bench/bench_inference.py [--prompts 16] [--new_tokens 24] [--threads 2]
@@ -25,7 +26,7 @@ def main() -> None:
     ap.add_argument("--new_tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--head", default="auto", choices=["auto", "exact", "int8"])
+    ap.add_argument("--head", default="auto", choices=["auto", "exact", "int8", "int4"])
     ap.add_argument("--decoder", default="auto", choices=["auto", "generate", "static"])
     ap.add_argument("--weights", default="auto", choices=["auto", "fp32", "fp16"])
     args = ap.parse_args()

@@ -2,8 +2,8 @@
 Mobile-VideoGPT code runs it, side by side in one run (median of repeats, 2 threads).
 
 - the project: the keyframe-aware PyAV reader (`read_clip`), the blocked grouped selective scan, and the decoder
-  `Predictor` picks on CPU (`choose_decoder` auto: for Gemma 3 the static decoder with the int8 head and fp16
-  decoder weights; ``generate`` for other backbones);
+  `Predictor` picks on CPU (`choose_decoder` auto: for Gemma 3 the static decoder with the int4 head and the fp16
+  decoder layer kernel; ``generate`` for other backbones);
 - Mobile-VideoGPT's way: decord ``VideoReader(num_threads=1).get_batch`` on the same frame indices, mamba-ssm's
   sequential ``selective_scan_ref`` once per direction (compiled from its published source, `gemma3.model.upstream`),
   fp32 ``generate`` with the exact head.

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-from gemma3.model.fast_head import RescoredInt8Head, build_int8_head, output_head
+from gemma3.model.fast_head import RescoredInt4Head, RescoredInt8Head, build_head, build_int8_head, output_head
 from gemma3.serve.decoding import generation_head
 
 
@@ -60,10 +60,11 @@ def test_swapped_in_only_inside_the_block_and_generation_matches():
 def test_generation_head_choices():
     model = _tiny()
     assert generation_head(model, "exact") is None
-    assert isinstance(generation_head(model, "auto"), RescoredInt8Head)
-    assert isinstance(generation_head(model, "int8"), RescoredInt8Head)
+    assert type(generation_head(model, "auto")) is RescoredInt4Head  # its kernel builds on every CI machine
+    assert type(generation_head(model, "int8")) is RescoredInt8Head
+    assert type(generation_head(model, "int4")) is RescoredInt4Head
     with pytest.raises(ValueError, match="choose auto"):
-        generation_head(model, "int4")
+        generation_head(model, "int2")
     meta = _tiny().to("meta")
     with pytest.raises(ValueError, match="CPU path"):
         generation_head(meta, "int8")
@@ -79,11 +80,15 @@ def test_real_gemma3_270m_teacher_forced_tokens_unchanged(gemma270m_dir):
         "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
         "Le vélo est un moyen de transport écologique, rapide et bon pour la santé en ville comme à la campagne.",
     ]
-    head = build_int8_head(model)
+    heads = [build_int8_head(model), build_head(model, "int4")]
+    weight = model.get_output_embeddings().weight
     with torch.no_grad():
         for text in texts:
             ids = tok(text, return_tensors="pt").input_ids
-            exact = model(ids).logits.argmax(-1)
-            with output_head(model, head):
-                fast = model(ids).logits.argmax(-1)
-            assert torch.equal(fast, exact), text
+            out = model(ids, output_hidden_states=True)
+            exact = out.logits[0].argmax(-1)  # [L]
+            hidden = out.hidden_states[-1][0]  # [L, D], after the final norm: what the head sees
+            assert torch.equal((hidden @ weight.T).argmax(-1), exact)
+            for head in heads:  # one row per call, as batch-1 decoding calls it (the int4 kernel's case)
+                fast = torch.stack([head(hidden[t : t + 1])[0].argmax() for t in range(hidden.shape[0])])
+                assert torch.equal(fast, exact), (type(head).__name__, text)

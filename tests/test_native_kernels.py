@@ -65,6 +65,19 @@ def test_a_source_that_does_not_compile_is_named(fresh, monkeypatch, caplog):
     assert not list((fresh / "cache").glob("*"))  # nothing half-written left in the cache
 
 
+def test_a_changed_header_rebuilds_the_kernels_that_include_it(fresh, monkeypatch):
+    csrc = fresh / "csrc"
+    csrc.mkdir()
+    (csrc / "value.h").write_text("#pragma once\nconstexpr int kValue = 1;\n")
+    (csrc / "uses.cpp").write_text('#include "value.h"\nextern "C" int value() { return kValue; }\n')
+    monkeypatch.setattr(native_kernels, "CSRC", csrc)
+    assert native_kernels.load_kernel("uses").value() == 1
+    (csrc / "value.h").write_text("#pragma once\nconstexpr int kValue = 2;\n")
+    native_kernels.load_kernel.cache_clear()
+    assert native_kernels.load_kernel("uses").value() == 2  # not the cached build of the old header
+    assert len(list((fresh / "cache").glob("uses-*.so"))) == 2
+
+
 def test_an_unwritable_cache_or_a_damaged_build_falls_back(fresh, monkeypatch, caplog):
     (fresh / "a-file").write_text("")
     monkeypatch.setenv(native_kernels.CACHE_ENV, str(fresh / "a-file" / "cache"))  # a folder under a file

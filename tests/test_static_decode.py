@@ -8,7 +8,7 @@ import torch
 from tiny_models import tiny_text_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3ForCausalLM
 
-from gemma3.model.fast_head import build_int8_head, output_head
+from gemma3.model.fast_head import build_head, build_int8_head, output_head
 from gemma3.model.fast_linears import decoder_linears
 from gemma3.model.static_decode import static_decode_supported, static_greedy_generate
 
@@ -51,6 +51,11 @@ def test_real_270m_left_padded_batch_equals_generate(real):
         fp16 = decoder_linears(model, "auto")
         assert fp16 is not None and len(fp16) == 7 * model.config.num_hidden_layers
         assert torch.equal(static_greedy_generate(model, batch, new, eos, tok.pad_token_id, linears=fp16), want)
+    # The CPU default since the decoding kernels: the fp16 layer kernel and the int4 head, batched and one row alone.
+    with output_head(model, build_head(model, "int4")):
+        assert torch.equal(static_greedy_generate(model, batch, new, eos, tok.pad_token_id, linears=fp16), want)
+        got = static_greedy_generate(model, one, new, eos, tok.pad_token_id, linears=fp16)
+        assert got[0, one["input_ids"].shape[1] :].tolist() == want[1, batch["input_ids"].shape[1] :].tolist()
 
 
 def test_eos_ends_rows_min_new_tokens_and_streamer(real):

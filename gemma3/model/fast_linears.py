@@ -1,48 +1,86 @@
-"""fp16 copies of a Gemma 3 decoder's linear layers for CPU decoding (fbgemm's fp16 GEMM, fp32 activations).
+"""fp16 copies of a Gemma 3 decoder's linear layers for CPU decoding (fp16 weights, fp32 activations and accumulation).
 
 Batch-1 decoding on CPU is memory-bound: each new token streams every decoder weight once (400 MB of fp32 for Gemma
-3 270M). fbgemm's fp16 GEMM (``torch.ops.quantized.linear_dynamic_fp16``) keeps the weights packed as fp16, half the
-bytes, and computes with fp32 activations and fp32 accumulation; only the weights are rounded (10-bit mantissa, a
-relative error near 2e-4 per product sum), unlike bf16 layers, which round the activations and the residual
-stream too. Measured on 2 CPU cores, a [1, 640] x [640, 2048] product takes 54 instead of 123 us.
+3 270M). fp16 copies halve the bytes; only the weights are rounded (10-bit mantissa, a relative error near 2e-4 per
+product sum), unlike bf16 layers, which round the activations and the residual stream too.
 
-`decoder_linears` packs the plain ``nn.Linear`` modules of the decoder layers (LoRA-wrapped ones are left to their
+`Fp16Linear` keeps the weight in the layout of the decoding kernels (``csrc/decode_cpu.cpp``, `pack_rows`: blocks
+of 4 rows interleaved by 8 columns, so a block streams as one sequential read: 28 GB/s on 2 cores of the AVX2 machine
+where plain rows read at 11) and runs their fp16 GEMV; `gemma3.model.static_decode` hands the seven copies of a layer
+to the decoder layer kernel, one call per layer and token. Where the kernels cannot be built (no compiler), or for a
+layer with a bias, fbgemm's fp16 GEMM (``torch.ops.quantized.linear_dynamic_fp16``) runs instead.
+
+`decoder_linears` copies the plain ``nn.Linear`` modules of the decoder layers (LoRA-wrapped ones are left to their
 own forward, so an unmerged adapter still applies; `merged_for_decoding` merges a trained adapter first, as
-`gemma3.serve.inference.load_predictor` does); `gemma3.model.static_decode` uses the packed copies for the
-decoding steps (the prompt goes through the model's own fp32 forward). The copies are taken once: after the model's
-weights change, pack again.
+`gemma3.serve.inference.load_predictor` does); the static decoder uses the copies for the decoding steps (the prompt
+goes through the model's own fp32 forward). The copies are taken once: after the model's weights change, pack again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from gemma3.model.fast_head import _owner, fbgemm_cpu_problem
+from gemma3.model.native_kernels import DECODE_KERNEL, load_kernel
 from gemma3.model.static_decode import _gemma3_text_model
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS = ("fp32", "fp16")
+ROW_BLOCK = 4  # rows interleaved per block of the packed fp16 weights (csrc/decode_cpu.cpp kRowBlock)
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class Fp16Linear:
-    """A packed fp16 copy of an ``nn.Linear``: x [..., in] (fp32) -> [..., out] (fp32)."""
+    """An fp16 copy of an ``nn.Linear``: x [..., in] (fp32) -> [..., out] (fp32), fp32 accumulation.
+
+    Where the decoding kernels build (``csrc/decode_cpu.cpp``) and the layer has no bias, ``half_weight`` holds the
+    weight as that file's fp16 GEMV and decoder layer step read it (`pack_rows`); otherwise a call runs fbgemm's
+    fp16 GEMM on a packed copy and ``half_weight`` is None."""
 
     def __init__(self, linear: nn.Linear) -> None:
-        bias = None if linear.bias is None else linear.bias.detach().float()
-        self._packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), bias)
-        self.out_features = linear.out_features
+        self.bias = None if linear.bias is None else linear.bias.detach().float()
+        self.out_features, self.in_features = linear.out_features, linear.in_features
+        library = load_kernel(DECODE_KERNEL) if self.bias is None and self.in_features % 8 == 0 else None
+        self._gemv = gemv_entry(library) if library is not None else None
+        self.half_weight = pack_rows(linear.weight) if self._gemv is not None else None
+        if self._gemv is None:
+            self._packed = torch.ops.quantized.linear_prepack_fp16(linear.weight.detach().float(), self.bias)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = torch.ops.quantized.linear_dynamic_fp16(x.reshape(-1, shape[-1]), self._packed)  # [T, out]
+        x2 = x.reshape(-1, shape[-1])  # [T, in]
+        if self._gemv is None:
+            y = torch.ops.quantized.linear_dynamic_fp16(x2, self._packed)  # [T, out]
+        else:
+            x2 = x2.float().contiguous()
+            y = torch.empty(x2.shape[0], self.out_features)  # [T, out]
+            self._gemv(x2.data_ptr(), self.half_weight.data_ptr(), y.data_ptr(), x2.shape[0], self.out_features,
+                       self.in_features, torch.get_num_threads())  # fmt: skip
         return y.view(*shape[:-1], self.out_features)
+
+
+def pack_rows(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` [N, K] (K a multiple of 8) as fp16 in blocks of 4 rows interleaved by 8 columns, [N' / 4, K / 8,
+    4, 8] with N' = N rounded up to a multiple of 4 (zero rows): each block is one sequential read for the kernel."""
+    n, k = weight.shape
+    w = F.pad(weight.detach().to(torch.float16), (0, 0, 0, -n % ROW_BLOCK))  # [N', K]
+    return w.view(-1, ROW_BLOCK, k // 8, 8).transpose(1, 2).contiguous()
+
+
+def gemv_entry(library) -> Callable:
+    """``gemma3_gemv_f16`` of the decoding kernels' library, typed for ctypes."""
+    fn = library.gemma3_gemv_f16
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 4
+    return fn
 
 
 def fp16_linears_supported(model: nn.Module) -> tuple[bool, str]:

@@ -1,6 +1,7 @@
 """Small C++ kernels compiled for this machine on first use and called through ``ctypes``.
 
-A kernel is one C++ file in ``gemma3/model/csrc`` with a C entry point and nothing beyond the C++ standard library:
+A kernel is one C++ file in ``gemma3/model/csrc`` with a C entry point and nothing beyond the C++ standard library
+and the folder's own headers (``run_jobs.h``):
 it compiles in about a second with the system's C++ compiler (``$CXX``, else ``c++`` / ``g++``) at ``-O3
 -march=native``, so each machine runs code for its own vector instructions (AVX2, AVX512). The shared library is
 cached in ``$GEMMA3_KERNEL_CACHE`` (default ``~/.cache/gemma3/kernels``) under a hash of the source, the compiler,
@@ -34,6 +35,7 @@ FLAGS = ("-O3", "-mprefer-vector-width=512", "-fno-trapping-math", "-fopenmp-sim
 # 11-16 ms). A compiler without OpenMP builds the std::thread version.
 OPENMP = "-fopenmp"
 CACHE_ENV = "GEMMA3_KERNEL_CACHE"
+DECODE_KERNEL = "decode_cpu"  # csrc/decode_cpu.cpp: the int4 head, the fp16 GEMV, the decoder layer step
 
 
 def kernel_cache() -> Path:
@@ -74,7 +76,8 @@ def load_kernel(name: str) -> ctypes.CDLL | None:
         logger.warning("No C++ compiler ($CXX, c++, g++): %s runs its PyTorch path", name)
         return None
     machine = " ".join(sorted(cpu_flags())) or platform.machine()
-    key = hashlib.sha1(b"\0".join([source.read_bytes(), cxx.encode(), " ".join((*FLAGS, OPENMP)).encode(),
+    headers = [h.read_bytes() for h in sorted(CSRC.glob("*.h"))]  # a header's change rebuilds its includers
+    key = hashlib.sha1(b"\0".join([source.read_bytes(), *headers, cxx.encode(), " ".join((*FLAGS, OPENMP)).encode(),
                                    machine.encode()]))  # fmt: skip
     library = kernel_cache() / f"{name}-{key.hexdigest()[:16]}.so"
     if not library.exists():

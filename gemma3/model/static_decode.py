@@ -15,21 +15,24 @@ The positions, masks and cache indices follow ``generate`` (positions from the a
 sliding windows over cache indices), so the tokens equal ``generate``'s greedy tokens up to floating-point
 summation order (checked against ``generate`` on the real Gemma 3 270M in the tests).
 
-Measured on 2 CPU cores (``bench/bench_decode.py``, ``bench/bench_inference.py``), the loop alone gains little: the
-scaffolding is not where batch-1 time goes. In a profile of 64 steps of Gemma 3 270M the decoder's 126 ``F.linear``
-calls per token take 55% (the 400 MB of fp32 weights streamed per token), the int8 head 13%, the norms 8%. What pays
-is running fp16 copies of those linears in the steps (``linears``, `gemma3.model.fast_linears`): 16.3 -> 27.9
-tokens/s, the same greedy tokens.
+With fp16 copies of the projections (``linears``, `gemma3.model.fast_linears`), each layer's step is one call of
+the decoder layer kernel (``csrc/decode_cpu.cpp``: RMSNorms, the fp16 projections, rotary embedding, the cache write,
+attention and the gated MLP), where the Python step makes ~35 torch calls whose fixed costs were a third of a step.
+Measured on 2 cores of an AVX2 machine (``bench/bench_decode.py``, Gemma 3 270M, int8 head): 29.9 ms a token with the
+Python step and fbgemm's fp16 GEMM, 19.1 with the kernel; the same greedy tokens as fp32 ``generate``.
 """
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.gemma3.modeling_gemma3 import Gemma3TextModel, apply_rotary_pos_emb
+
+from gemma3.model.native_kernels import DECODE_KERNEL, load_kernel
 
 
 def _gemma3_text_model(model: nn.Module) -> nn.Module | None:
@@ -82,9 +85,11 @@ class _Norm:
 
 class _Layer:
     """One Gemma 3 decoder layer's modules, looked up once per ``generate`` call; ``linears`` maps a linear module
-    to the callable used in its place (`gemma3.model.fast_linears`)."""
+    to the callable used in its place (`gemma3.model.fast_linears`). When all seven projections have fp16 copies
+    (``half_weight``) and the kernel builds, a step is one call of ``gemma3_decode_layer`` (``native``)."""
 
-    def __init__(self, layer: nn.Module, kind: str, linears: Mapping[nn.Module, Callable] | None = None) -> None:
+    def __init__(self, layer: nn.Module, kind: str, linears: Mapping[nn.Module, Callable] | None = None,
+                 window: int = 0) -> None:  # fmt: skip
         attn, mlp = layer.self_attn, layer.mlp
         pick = (lambda m: linears.get(m, m)) if linears else (lambda m: m)
         self.kind = kind
@@ -95,18 +100,20 @@ class _Layer:
         self.norms += [_Norm(n) for n in (layer.pre_feedforward_layernorm, layer.post_feedforward_layernorm)]
         self.gate, self.up, self.down = (pick(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
         self.act = mlp.act_fn
+        self.native = _native_step(self, attn, window if kind == "sliding_attention" else 0)
 
     def mlp(self, x: torch.Tensor) -> torch.Tensor:
         """Gemma's gated MLP, as ``Gemma3MLP.forward`` computes it."""
         return self.down(self.act(self.gate(x)) * self.up(x))
 
     def step(self, h: torch.Tensor, cos, sin, keys, values, col: int, mask: torch.Tensor) -> torch.Tensor:
-        """h [B, 1, D] -> [B, 1, D] for one new token; writes its key / value at cache index ``col``."""
+        """h [B, 1, D] -> [B, 1, D] for one new token; writes its key / value at cache index ``col``. cos / sin: [B,
+        hd] rows of this token; mask [B, 1, 1, col + 1] (which cache indices it sees)."""
         b, hd = h.shape[0], self.head_dim
         x = self.norms[0](h)
         q = self.q(x).view(b, 1, -1, hd).transpose(1, 2)  # [B, Hq, 1, hd]
         k = self.k(x).view(b, 1, -1, hd).transpose(1, 2)  # [B, Hk, 1, hd]
-        q, k = apply_rotary_pos_emb(self.q_norm(q), self.k_norm(k), cos, sin)  # Gemma's own rotary arithmetic
+        q, k = apply_rotary_pos_emb(self.q_norm(q), self.k_norm(k), cos[:, None], sin[:, None])  # Gemma's own
         keys[:, :, col] = k[:, :, 0]
         values[:, :, col] = self.v(x).view(b, -1, hd)
         out = F.scaled_dot_product_attention(
@@ -115,6 +122,43 @@ class _Layer:
         )  # fmt: skip  # [B, Hq, 1, hd]
         h = h + self.norms[1](self.o(out.transpose(1, 2).reshape(b, 1, -1)))
         return h + self.norms[3](self.mlp(self.norms[2](h)))
+
+
+def _native_step(layer: _Layer, attn: nn.Module, window: int) -> Callable | None:
+    """``layer``'s step as one call of the decoding kernels' ``gemma3_decode_layer``, or None where it does not
+    apply (a projection without an fp16 copy, e.g. an unmerged LoRA wrapper; another activation; attention logit
+    softcapping; the kernel not built). Returns step(h [B, 1, D] fp32, cos, sin [B, hd], keys, values [B, Hk, T,
+    hd] fp32, col, key_ok [B, T] bool) -> h, updated in place."""
+    projections = (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down)
+    if not all(getattr(p, "half_weight", None) is not None and getattr(p, "bias", 0) is None for p in projections):
+        return None
+    config = attn.config
+    if getattr(config, "hidden_activation", None) != "gelu_pytorch_tanh":
+        return None
+    if getattr(config, "attn_logit_softcapping", None):
+        return None
+    library = load_kernel(DECODE_KERNEL)
+    if library is None:
+        return None
+    fn = library.gemma3_decode_layer
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 9 + [ctypes.c_float] * 2 + [ctypes.c_int64]
+    weights = (ctypes.c_void_p * 7)(*(p.half_weight.data_ptr() for p in projections))
+    norms = [layer.norms[0], layer.q_norm, layer.k_norm, *layer.norms[1:]]
+    norm_ptrs = (ctypes.c_void_p * 6)(*(n.weight.data_ptr() for n in norms))
+    keep = (projections, norms)  # the tensors behind the pointers stay alive with the closure
+    hq, hk, hd = config.num_attention_heads, config.num_key_value_heads, layer.head_dim
+    inter, eps = layer.gate.out_features, layer.norms[0].eps
+
+    def step(h: torch.Tensor, cos, sin, keys, values, col: int, key_ok: torch.Tensor) -> torch.Tensor:
+        assert keep and h.is_contiguous() and keys.is_contiguous() and values.is_contiguous()
+        b, d = h.shape[0], h.shape[-1]
+        fn(h.data_ptr(), ctypes.addressof(weights), ctypes.addressof(norm_ptrs), cos.data_ptr(), sin.data_ptr(),
+           keys.data_ptr(), values.data_ptr(), key_ok.data_ptr(), b, d, hq, hk, hd, inter, keys.shape[2], col, window,
+           layer.scaling, eps, torch.get_num_threads())  # fmt: skip
+        return h
+
+    return step
 
 
 @torch.no_grad()
@@ -181,8 +225,10 @@ def static_greedy_generate(
     finished = torch.zeros(b, dtype=torch.bool)
     head = model.get_output_embeddings()
     layers = [
-        _Layer(layer, cfg.layer_types[i], linears) for i, layer in enumerate(decoder.layers[: cfg.num_hidden_layers])
+        _Layer(layer, cfg.layer_types[i], linears, window or 0)
+        for i, layer in enumerate(decoder.layers[: cfg.num_hidden_layers])
     ]
+    native = dtype == torch.float32 and all(layer.native for layer in layers)  # one kernel call per layer
     final_norm = _Norm(decoder.norm)
     pos = positions[:, -1]  # [B]
     new: list[torch.Tensor] = []
@@ -199,14 +245,18 @@ def static_greedy_generate(
             break
         col = length + step  # cache index of this token
         pos = pos + 1
-        masks = {"full_attention": key_ok[:, None, None, : col + 1]}  # [B, 1, 1, col + 1]
-        if window:
-            recent = torch.arange(col + 1) > col - window  # the cache indices a sliding layer still sees
-            masks["sliding_attention"] = masks["full_attention"] & recent
-        h = decoder.embed_tokens(token[:, None]).to(dtype)  # [B, 1, D], scaled as the model scales
-        here = {kind: (cos[pos][:, None], sin[pos][:, None]) for kind, (cos, sin) in rope.items()}  # [B, 1, hd]
-        for layer, (keys, values) in zip(layers, caches, strict=True):
-            h = layer.step(h, *here[layer.kind], keys, values, col, masks[layer.kind])
+        h = decoder.embed_tokens(token[:, None]).to(dtype).contiguous()  # [B, 1, D], scaled as the model scales
+        here = {kind: (cos[pos], sin[pos]) for kind, (cos, sin) in rope.items()}  # [B, hd] each
+        if native:
+            for layer, (keys, values) in zip(layers, caches, strict=True):
+                h = layer.native(h, *here[layer.kind], keys, values, col, key_ok)
+        else:
+            masks = {"full_attention": key_ok[:, None, None, : col + 1]}  # [B, 1, 1, col + 1]
+            if window:
+                recent = torch.arange(col + 1) > col - window  # the cache indices a sliding layer still sees
+                masks["sliding_attention"] = masks["full_attention"] & recent
+            for layer, (keys, values) in zip(layers, caches, strict=True):
+                h = layer.step(h, *here[layer.kind], keys, values, col, masks[layer.kind])
         logits = head(final_norm(h))[:, -1].float()  # [B, V]
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap

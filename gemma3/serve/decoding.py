@@ -5,9 +5,10 @@ where the decoding path is picked (`gemma3.serve.inference.load_predictor` calls
 - `GenerateDecoder`: transformers' ``generate`` (any model; sampling and beams), with its dynamic cache or, as
   ``generate_static``, its static cache (``cache_implementation="static"``).
 - `CPUFastDecoder`: greedy replies of Gemma 3 decoders on CPU through `gemma3.model.static_decode` (preallocated
-  cache, one lean loop per token), the decoder's projections as fp16 copies (`gemma3.model.fast_linears`) and the
-  rescored int8 output head (`gemma3.model.fast_head`). A request it cannot take (sampling, beams, another decoder,
-  a prompt past the sliding window) goes through ``generate``, unless it was asked for explicitly (``static``).
+  cache, one kernel call per decoder layer and token), the decoder's projections as fp16 copies
+  (`gemma3.model.fast_linears`) and the rescored int4 output head (`gemma3.model.fast_head`). A request it cannot
+  take (sampling, beams, another decoder, a prompt past the sliding window) goes through ``generate``, unless it
+  was asked for explicitly (``static``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Protocol
 
 import torch
 
-from gemma3.model.fast_head import HEADS, build_int8_head, head_supported, output_head
+from gemma3.model.fast_head import HEADS, build_head, head_supported, output_head
 from gemma3.model.fast_linears import decoder_linears, merged_for_decoding
+from gemma3.model.native_kernels import DECODE_KERNEL, load_kernel
 from gemma3.model.static_decode import static_decode_supported, static_greedy_generate
 
 logger = logging.getLogger(__name__)
@@ -99,19 +101,22 @@ class CPUFastDecoder:
 
 def generation_head(model, choice: str = "auto") -> torch.nn.Module | None:
     """The output head decoding uses for ``choice`` (None: the model's own, exact head): ``exact``, ``int8``
-    (`RescoredInt8Head`, CPU) or ``auto`` (int8 where supported). Scoring always uses the model's own head."""
+    (`RescoredInt8Head`, CPU), ``int4`` (`RescoredInt4Head`, CPU, its kernel built for this machine) or ``auto``
+    (int4 where it builds, else int8, where supported). Scoring always uses the model's own head."""
     if choice not in ("auto", *HEADS):
         raise ValueError(f"head {choice!r}: choose auto, {', '.join(HEADS)}")
     if choice == "exact":
         return None
     ok, why = head_supported(model, next(model.parameters()).device)
     if not ok:
-        if choice == "int8":
-            raise ValueError(f"--head int8: {why}")
+        if choice != "auto":
+            raise ValueError(f"--head {choice}: {why}")
         logger.info("Generating with the exact output head: %s", why)
         return None
-    logger.info("Generating with the rescored int8 output head (exact top-32 logits); --head exact to turn off")
-    return build_int8_head(model)
+    if choice == "auto":
+        choice = "int4" if load_kernel(DECODE_KERNEL) is not None else "int8"
+    logger.info("Generating with the rescored %s output head (exact top-32 logits); --head exact to turn off", choice)
+    return build_head(model, choice)
 
 
 def prepare_for_decoding(model, device: str | None, decoder: str = "auto", weights: str = "auto"):

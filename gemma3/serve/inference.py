@@ -417,9 +417,10 @@ def load_predictor(
 ) -> Predictor:
     """Load any model folder (custom base / trained / adapter output, or a native VLM) through its family record,
     with the frame processing saved beside it; ``num_frames`` / ``frame_sampling`` / ``fps`` override it.
-    ``head``: the output head while generating: ``exact``, ``int8`` (`RescoredInt8Head`, CPU) or ``auto`` (int8
-    where supported). ``decoder``: ``auto``, ``generate``, ``generate_static`` or ``static`` and ``weights``: the
-    fast path's projections, ``fp32``, ``fp16`` or ``auto`` (`gemma3.serve.decoding.choose_decoder`)."""
+    ``head``: the output head while generating: ``exact``, ``int8``, ``int4`` or ``auto``
+    (`gemma3.serve.decoding.generation_head`). ``decoder``: ``auto``, ``generate``, ``generate_static`` or
+    ``static`` and ``weights``: the fast path's projections, ``fp32``, ``fp16`` or ``auto``
+    (`gemma3.serve.decoding.choose_decoder`)."""
 
     family = family_for_checkpoint(model_path, kind)
     model, tokenizer = family.load(model_path, dtype=dtype)
@@ -467,10 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_beams", type=positive_int, default=1)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--head", default="auto", choices=["auto", *HEADS],
-                   help="output head while generating: int8 rows with the best 32 logits recomputed exactly (CPU; "
-                   "auto picks it there), or exact")  # fmt: skip
+                   help="output head while generating: int4 (or int8) rows with the best 32 logits recomputed "
+                   "exactly (CPU; auto picks int4 there where its kernel builds), or exact")  # fmt: skip
     p.add_argument("--decoder", default="auto", choices=list(DECODERS),
-                   help="decoding: static (preallocated cache, lean per-token loop, fp16 projections, int8 head; "
+                   help="decoding: static (preallocated cache, one kernel call per layer, fp16 projections, int4 head; "
                    "greedy Gemma 3 on CPU, auto picks it there), generate (transformers' generate) or "
                    "generate_static (generate with its static cache)")  # fmt: skip
     p.add_argument("--weights", default="auto", choices=["auto", *WEIGHTS],

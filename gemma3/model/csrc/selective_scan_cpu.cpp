@@ -10,13 +10,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+
+#include "run_jobs.h"
 
 namespace {
+
+using gemma3::run_jobs;
 
 constexpr int64_t kTile = 16;      // channels per tile: one AVX512 vector, two AVX2 vectors
 constexpr int64_t kMaxState = 64;  // d_state up to this
@@ -215,26 +215,6 @@ inline Tile tile_of(int64_t job, int64_t groups, int64_t tiles, int64_t per_grou
   const int64_t b = job / (groups * tiles), g = (job / tiles) % groups, tile = job % tiles;
   const int64_t d0 = g * per_group + tile * kTile;
   return Tile{b, d0, std::min(kTile, (g + 1) * per_group - d0), (b * groups + g) * bc_stride};
-}
-
-// Jobs [0, jobs) split into contiguous ranges, one per thread: work(begin, end) on up to `threads` threads (the
-// caller's one of them).
-template <typename Work>
-void run_jobs(int64_t jobs, int64_t threads, const Work& work) {
-  const int64_t workers = std::max<int64_t>(1, std::min(threads, jobs));
-#ifdef _OPENMP
-  // torch's own OpenMP runtime (see native_kernels.py): its threads, not new ones competing with them
-#pragma omp parallel num_threads(static_cast<int>(workers))
-  {
-    const int64_t w = omp_get_thread_num(), nw = omp_get_num_threads();
-    work(jobs * w / nw, jobs * (w + 1) / nw);
-  }
-#else
-  std::vector<std::thread> pool;
-  for (int64_t w = 1; w < workers; ++w) pool.emplace_back(work, jobs * w / workers, jobs * (w + 1) / workers);
-  work(0, jobs / workers);
-  for (auto& t : pool) t.join();
-#endif
 }
 
 }  // namespace
