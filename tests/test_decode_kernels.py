@@ -21,33 +21,34 @@ from gemma3.model.static_decode import _Layer, _rotary_tables
 
 
 def _unpack_codes(codes: torch.Tensor) -> torch.Tensor:
-    """codes [V, D' / 2] -> the signed 4-bit values [V, D'] (per 64 weights: low nibbles, then high nibbles)."""
-    v = codes.shape[0]
-    blocks = codes.view(v, -1, 32).to(torch.int16)  # [V, D' / 64, 32]
-    return (torch.stack([blocks & 0x0F, blocks >> 4], dim=2).view(v, -1) - 8).float()  # [V, D']
+    """codes [V' / 8, D' / 64, 8, 32] -> the signed 4-bit values [V', D'] (per 64 weights of a row: low nibbles, then
+    high nibbles)."""
+    rows = codes.transpose(1, 2).reshape(codes.shape[0] * 8, -1, 32).to(torch.int16)  # [V', D' / 64, 32]
+    return (torch.stack([rows & 0x0F, rows >> 4], dim=2).view(rows.shape[0], -1) - 8).float()  # [V', D']
 
 
 def _int4_reference(weight: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """What the kernel computes, in fp32 PyTorch: int4 weights (groups of 32, the packed fp16 scales) times int8
     activations (groups of 32, scale max|x| / 127)."""
     codes, scales = pack_int4(weight)
-    width = codes.shape[1] * 2
-    w = F.pad(weight.float(), (0, width - weight.shape[1])).view(weight.shape[0], -1, 32)  # [V, G, 32]
-    s = scales.float().unsqueeze(-1)  # [V, G, 1]
+    v, width = weight.shape[0], codes.shape[1] * 64
+    w = F.pad(weight.float(), (0, width - weight.shape[1])).view(v, -1, 32)  # [V, G, 32]
+    s = scales.transpose(1, 2).reshape(-1, width // 32)[:v].float().unsqueeze(-1)  # [V, G, 1]
     q = (w / s).nan_to_num(0.0, 0.0, 0.0).round().clamp(-8, 7)
-    assert torch.equal(_unpack_codes(codes).view_as(q), q)  # the packed layout holds exactly these values
+    assert torch.equal(_unpack_codes(codes)[:v].view_as(q), q)  # the packed layout holds exactly these values
+    assert not _unpack_codes(codes)[v:].add(8).any()  # padding rows: code 0, scale 0
     x = F.pad(hidden.float(), (0, width - hidden.shape[1])).view(hidden.shape[0], -1, 32)  # [M, G, 32]
     peak = x.abs().amax(-1, keepdim=True)
     xq = (x * (127.0 / peak)).nan_to_num(0.0, 0.0, 0.0).round().clamp(-127, 127)
-    return (xq * peak / 127.0).view(hidden.shape[0], -1) @ (q * s).view(weight.shape[0], -1).T  # [M, V]
+    return (xq * peak / 127.0).view(hidden.shape[0], -1) @ (q * s).view(v, -1).T  # [M, V]
 
 
 def test_int4_logits_are_the_quantized_product_and_the_best_are_exact():
     g = torch.Generator().manual_seed(0)
-    weight = torch.randn(300, 96, generator=g) * 0.05  # D = 96: padded to 128 (a block of 64 half empty)
+    weight = torch.randn(301, 96, generator=g) * 0.05  # D = 96: padded to 128; 301 rows: 3 padding rows in the last 8
     weight[7, :32] = 0.0  # a group of zeros (its scale is 0)
     head = RescoredInt4Head(weight, k=8)
-    assert head.codes.shape == (300, 64) and head.scales.shape == (300, 4) and head.weight is weight
+    assert head.codes.shape == (38, 2, 8, 32) and head.scales.shape == (38, 4, 8) and head.weight is weight
     for rows in (1, 2):
         hidden = torch.randn(rows, 96, generator=g)
         hidden[0, 40:72] = 0.0  # an activation group of zeros
@@ -129,14 +130,14 @@ def test_the_portable_build_agrees_with_this_machines(tmp_path):
     portable, native = ctypes.CDLL(str(library)), native_kernels.load_kernel(native_kernels.DECODE_KERNEL)
     assert portable.gemma3_decode_vectorised() == 0
     g = torch.Generator().manual_seed(3)
-    weight, hidden = torch.randn(200, 128, generator=g) * 0.05, torch.randn(2, 128, generator=g)
+    weight, hidden = torch.randn(203, 128, generator=g) * 0.05, torch.randn(2, 128, generator=g)
     codes, scales = pack_int4(weight)
     outs = []
     for lib in (portable, native):
         fn = lib.gemma3_int4_logits
         fn.restype, fn.argtypes = None, [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
-        out = torch.empty(2, 200)
-        fn(codes.data_ptr(), scales.data_ptr(), hidden.data_ptr(), out.data_ptr(), 2, 200, 128, 2)
+        out = torch.empty(2, 203)
+        fn(codes.data_ptr(), scales.data_ptr(), hidden.data_ptr(), out.data_ptr(), 2, 203, 128, 2)
         outs.append(out)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(outs[0], _int4_reference(weight, hidden), rtol=1e-5, atol=1e-5)

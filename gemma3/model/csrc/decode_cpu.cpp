@@ -2,12 +2,15 @@
 // 1. gemma3_int4_logits: approximate logits of an int4 output head (gemma3/model/fast_head.py takes the best k of them
 //    and recomputes those exactly from the fp32 weight).
 //   weights: [V, D] as 4-bit codes, one fp16 scale per group of 32 along D (q = round(w / s), s = max|w| / 7, q in
-//            [-8, 7], stored as the unsigned code q + 8); a row's D / 2 bytes go in blocks of 32 bytes per 64 weights,
-//            byte j holding weight j in its low nibble and weight j + 32 in its high nibble.
+//            [-8, 7], stored as the unsigned code q + 8), in blocks of 8 vocabulary rows: codes [V / 8][D / 64][8][32]
+//            (per 64 weights of a row, 32 bytes, byte j holding weight j in its low nibble and weight j + 32 in its
+//            high nibble), scales [V / 8][D / 32][8] (V padded to a multiple of 8 with zero rows).
 //   hidden:  [M, D] fp32, quantized here to int8 per group of 32 (one fp32 scale each).
 // Each group's product is an integer dot product (AVX2: maddubs of the unsigned codes and the signed activations, exact
-// in int16 since 2 * 15 * 127 < 32767), minus 8 * the group's activation sum for the code offset, then scaled and
-// summed in fp32. A 262144 x 640 head is 84 MB of codes and 10 MB of scales per token instead of 168 MB as int8.
+// in int16 since 2 * 15 * 127 < 32767), the 8 rows' sums of a group gathered into one vector, minus 8 * the group's
+// activation sum for the code offset, then scaled by the 8 rows' scales at once and summed in fp32 (8 rows a block:
+// one fp32 conversion and scaling per group for all 8, not one per row). A 262144 x 640 head is 84 MB of codes and
+// 10 MB of scales per token instead of 168 MB as int8.
 // 2. gemma3_gemv_f16 and gemma3_decode_layer: one Gemma 3 decoder layer for one new token per row, the projections'
 //    weights in fp16 (fp32 activations, fp32 accumulation: only the weights are rounded), norms, rotary embedding,
 //    the KV-cache write and attention in fp32, in one call (gemma3/model/static_decode.py's Python step does the same
@@ -24,12 +27,14 @@
 #endif
 
 #include "run_jobs.h"
+#include "vexp.h"
 
 namespace {
 
 constexpr int64_t kGroup = 32;   // weights (and activations) per scale
 constexpr int64_t kBlock = 64;   // weights per 32 bytes of codes
-constexpr int64_t kRows = 256;   // vocabulary rows per job
+constexpr int64_t kBlockRows = 8;   // vocabulary rows packed together
+constexpr int64_t kJobBlocks = 32;  // blocks of 8 rows per job
 
 float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
@@ -52,9 +57,6 @@ float half_to_float(uint16_t h) {
   std::memcpy(&f, &bits, sizeof(f));
   return f;
 }
-
-constexpr int64_t kMaxGroups = 256;  // D up to 8192
-constexpr int64_t kStep = 4;         // hidden rows computed together (each row's codes unpacked once for them)
 
 #ifdef GEMMA3_AVX2
 inline float hsum(__m256 v) {
@@ -91,73 +93,60 @@ Quantized quantize(const float* x, int64_t M, int64_t D) {
   return a;
 }
 
-// Logits of head row n (`code`, `ws`) for hidden rows m0 .. m0 + MT - 1: out[i] for row m0 + i.
-// sc[i][g] = the row's scale times the activation scale of group g; the offset correction is sum_g sc * 8 * sum(q).
-template <int64_t MT>
-void row_logits(const uint8_t* code, const uint16_t* ws, const Quantized& a, int64_t m0, int64_t D, float* out) {
+#ifdef GEMMA3_AVX2
+// [8] int32: lane r = the sum of p[r]'s 8 lanes.
+inline __m256i gather_sums(const __m256i* p) {
+  const __m256i t0 = _mm256_hadd_epi32(p[0], p[1]), t1 = _mm256_hadd_epi32(p[2], p[3]);
+  const __m256i t2 = _mm256_hadd_epi32(p[4], p[5]), t3 = _mm256_hadd_epi32(p[6], p[7]);
+  const __m256i u0 = _mm256_hadd_epi32(t0, t1), u1 = _mm256_hadd_epi32(t2, t3);  // [rows 0-3 | 0-3], [4-7 | 4-7]
+  return _mm256_add_epi32(_mm256_permute2x128_si256(u0, u1, 0x20), _mm256_permute2x128_si256(u0, u1, 0x31));
+}
+#endif
+
+// Logits of one block of 8 head rows (`code` [D / 64][8][32], `ws` [G][8]) for hidden row m: out[0 .. 8).
+void block_logits(const uint8_t* code, const uint16_t* ws, const Quantized& a, int64_t m, int64_t D, float* out) {
   const int64_t G = D / kGroup;
-  alignas(32) float sc[MT][kMaxGroups];
+  const int8_t* xq = a.q.data() + m * D;
+  const float* xs = a.scale.data() + m * G;
+  const float* off = a.sum.data() + m * G;
 #ifdef GEMMA3_AVX2
   const __m256i nibble = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
-  __m256 acc0[MT], acc1[MT];  // two chains per row (fma latency), minus the offset correction in acc1
-  for (int64_t i = 0; i < MT; ++i) {
-    const float* xs = a.scale.data() + (m0 + i) * G;
-    const float* off = a.sum.data() + (m0 + i) * G;
-    acc0[i] = _mm256_setzero_ps();
-    acc1[i] = _mm256_setzero_ps();
-    int64_t g = 0;
-    for (; g + 8 <= G; g += 8) {
-      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + g));
-      const __m256i s8 = _mm256_castps_si256(_mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_loadu_ps(xs + g)));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(&sc[i][g]), s8);
-      acc1[i] = _mm256_fnmadd_ps(_mm256_castsi256_ps(s8), _mm256_loadu_ps(off + g), acc1[i]);
-    }
-    float tail = 0.0f;
-    for (; g < G; ++g) {
-      sc[i][g] = _cvtsh_ss(ws[g]) * xs[g];
-      tail += sc[i][g] * off[g];
-    }
-    acc1[i] = _mm256_sub_ps(acc1[i], _mm256_set_ps(0, 0, 0, 0, 0, 0, 0, tail));
-  }
+  __m256 acc = _mm256_setzero_ps();  // [8] rows
+  __m256i p[kBlockRows];
   for (int64_t b = 0; b < D / kBlock; ++b) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(code + b * 32));
-    const __m256i lo = _mm256_and_si256(v, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), nibble);
-    for (int64_t i = 0; i < MT; ++i) {
-      const int8_t* xq = a.q.data() + (m0 + i) * D + b * kBlock;
-      const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq));
-      const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + kGroup));
-      const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, x0), ones);  // [8] int32 sums, group 2b
-      const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, x1), ones);  // group 2b + 1
-      acc0[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(&sc[i][2 * b]), acc0[i]);
-      acc1[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(&sc[i][2 * b + 1]), acc1[i]);
+    const uint8_t* cb = code + b * kBlockRows * 32;
+    for (int64_t h = 0; h < 2; ++h) {  // the block's low nibbles (group 2b), then its high nibbles (group 2b + 1)
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * kBlock + h * kGroup));
+      for (int64_t r = 0; r < kBlockRows; ++r) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cb + r * 32));
+        const __m256i c = _mm256_and_si256(h ? _mm256_srli_epi16(v, 4) : v, nibble);
+        p[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(c, x), ones);  // [8] int32 partial sums of row r
+      }
+      const int64_t g = 2 * b + h;
+      const __m256 sums = _mm256_sub_ps(_mm256_cvtepi32_ps(gather_sums(p)), _mm256_set1_ps(off[g]));
+      const __m128i w16 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(ws + g * kBlockRows));
+      acc = _mm256_fmadd_ps(sums, _mm256_mul_ps(_mm256_cvtph_ps(w16), _mm256_set1_ps(xs[g])), acc);
     }
   }
-  for (int64_t i = 0; i < MT; ++i) {
-    out[i] = hsum(_mm256_add_ps(acc0[i], acc1[i]));
-  }
+  _mm256_storeu_ps(out, acc);
 #else
-  for (int64_t i = 0; i < MT; ++i) {
-    const int8_t* xq = a.q.data() + (m0 + i) * D;
-    const float* xs = a.scale.data() + (m0 + i) * G;
-    const float* off = a.sum.data() + (m0 + i) * G;
+  for (int64_t r = 0; r < kBlockRows; ++r) {
     float total = 0.0f;
-    for (int64_t g = 0; g < G; ++g) {
-      sc[i][g] = half_to_float(ws[g]) * xs[g];
-      total -= sc[i][g] * off[g];
-    }
     for (int64_t b = 0; b < D / kBlock; ++b) {
+      const uint8_t* cr = code + (b * kBlockRows + r) * 32;
       int32_t lo = 0, hi = 0;
       for (int64_t j = 0; j < 32; ++j) {
-        lo += static_cast<int32_t>(code[b * 32 + j] & 0x0F) * xq[b * kBlock + j];
-        hi += static_cast<int32_t>(code[b * 32 + j] >> 4) * xq[b * kBlock + kGroup + j];
+        lo += static_cast<int32_t>(cr[j] & 0x0F) * xq[b * kBlock + j];
+        hi += static_cast<int32_t>(cr[j] >> 4) * xq[b * kBlock + kGroup + j];
       }
-      total += sc[i][2 * b] * static_cast<float>(lo) + sc[i][2 * b + 1] * static_cast<float>(hi);
+      const int64_t g = 2 * b;
+      total += half_to_float(ws[g * kBlockRows + r]) * xs[g] * (static_cast<float>(lo) - off[g]);
+      total += half_to_float(ws[(g + 1) * kBlockRows + r]) * xs[g + 1] * (static_cast<float>(hi) - off[g + 1]);
     }
-    out[i] = total;
+    out[r] = total;
   }
 #endif
 }
-
 
 // ---- fp16 projections and the decoder layer ----
 
@@ -263,28 +252,27 @@ void rotary(float* x, const float* cos, const float* sin, int64_t heads, int64_t
   }
 }
 
-float gelu_tanh(float x) { return 0.5f * x * (1.0f + std::tanh(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
+// Gemma's gelu_pytorch_tanh, 0.5 x (1 + tanh(y)) with y = sqrt(2 / pi) (x + 0.044715 x^3), written as x / (1 +
+// exp(-2y)) so the loop vectorises (std::tanh is a libm call per element).
+inline float gelu_tanh(float x) {
+  const float y = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  return x / (1.0f + gemma3::vexp(-2.0f * y));
+}
 
 }  // namespace
 
-// codes [V, D / 2] uint8, scales [V, D / 32] fp16 bits, hidden [M, D] fp32 (D a multiple of 64, at most 8192)
-// -> logits [M, V].
+// codes, scales as above (V rows: V / 8 blocks, rounded up), hidden [M, D] fp32 (D a multiple of 64) -> logits [M, V].
 extern "C" void gemma3_int4_logits(const uint8_t* codes, const uint16_t* scales, const float* hidden, float* logits,
                                    int64_t M, int64_t V, int64_t D, int64_t threads) {
   const Quantized a = quantize(hidden, M, D);
-  const int64_t G = D / kGroup;
-  gemma3::run_jobs((V + kRows - 1) / kRows, threads, [&](int64_t begin, int64_t end) {
-    float out[kStep];
-    for (int64_t n = begin * kRows; n < std::min(V, end * kRows); ++n) {
-      const uint8_t* code = codes + n * (D / 2);
-      const uint16_t* ws = scales + n * G;
-      for (int64_t m0 = 0; m0 < M; m0 += kStep) {
-        const int64_t mt = std::min(kStep, M - m0);
-        if (mt == 4) row_logits<4>(code, ws, a, m0, D, out);
-        else if (mt == 3) row_logits<3>(code, ws, a, m0, D, out);
-        else if (mt == 2) row_logits<2>(code, ws, a, m0, D, out);
-        else row_logits<1>(code, ws, a, m0, D, out);
-        for (int64_t i = 0; i < mt; ++i) logits[(m0 + i) * V + n] = out[i];
+  const int64_t G = D / kGroup, blocks = (V + kBlockRows - 1) / kBlockRows;
+  gemma3::run_jobs((blocks + kJobBlocks - 1) / kJobBlocks, threads, [&](int64_t begin, int64_t end) {
+    float out[kBlockRows];
+    for (int64_t j = begin * kJobBlocks; j < std::min(blocks, end * kJobBlocks); ++j) {
+      const int64_t rows = std::min(kBlockRows, V - j * kBlockRows);
+      for (int64_t m = 0; m < M; ++m) {
+        block_logits(codes + j * kBlockRows * (D / 2), scales + j * kBlockRows * G, a, m, D, out);
+        std::memcpy(logits + m * V + j * kBlockRows, out, rows * sizeof(float));
       }
     }
   });
@@ -370,6 +358,7 @@ extern "C" void gemma3_decode_layer(float* h, const uint16_t* const* w, const fl
   project(x.data(), B, D, {{w[4], I, gu.data(), 0, 2 * I}, {w[5], I, gu.data(), I, 2 * I}}, threads);
   for (int64_t b = 0; b < B; ++b) {
     float* g = gu.data() + b * 2 * I;
+#pragma omp simd
     for (int64_t i = 0; i < I; ++i) g[i] = gelu_tanh(g[i]) * g[I + i];
     for (int64_t i = 0; i < I; ++i) gu[b * I + i] = g[i];  // compact to [B, I] (row b's gate half moves down)
   }

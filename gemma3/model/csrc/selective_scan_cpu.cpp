@@ -13,35 +13,15 @@
 #include <vector>
 
 #include "run_jobs.h"
+#include "vexp.h"
 
 namespace {
 
 using gemma3::run_jobs;
+using gemma3::vexp;
 
 constexpr int64_t kTile = 16;      // channels per tile: one AVX512 vector, two AVX2 vectors
 constexpr int64_t kMaxState = 64;  // d_state up to this
-
-// exp(x) for the vectorised loops: x = k ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes' degree-6 polynomial (relative
-// error ~1e-7), times 2^k built in the exponent bits. The input is clamped to [-87, 88] (exp(-87) ~ 1.6e-38: a
-// decay that small is 0 to fp32 arithmetic either way).
-inline float vexp(float x) {
-  x = std::max(-87.0f, std::min(x, 88.0f));
-  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
-  const float k = (x * 1.44269504088896341f + shifter) - shifter;
-  float r = x - k * 0.693359375f;
-  r = r + k * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
 
 struct Rows {  // a tile's rows: channel c's timestep t at [c * L + t]
   const float* u;
