@@ -15,7 +15,7 @@ from torch import nn
 from transformers import Gemma3ForCausalLM
 
 from gemma3.model import native_kernels
-from gemma3.model.fast_head import INT4_ROWS, RescoredInt4Head, RescoredInt8Head, pack_int4
+from gemma3.model.fast_head import INT4_ROWS, RescoredInt4Head, RescoredInt8Head, int4_entry, pack_int4
 from gemma3.model.fast_linears import Fp16Linear, gemv_entry, pack_fp16_linears, pack_rows
 from gemma3.model.static_decode import _Layer, _rotary_tables
 
@@ -134,10 +134,8 @@ def test_the_portable_build_agrees_with_this_machines(tmp_path):
     codes, scales = pack_int4(weight)
     outs = []
     for lib in (portable, native):
-        fn = lib.gemma3_int4_logits
-        fn.restype, fn.argtypes = None, [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
         out = torch.empty(2, 203)
-        fn(codes.data_ptr(), scales.data_ptr(), hidden.data_ptr(), out.data_ptr(), 2, 203, 128, 2)
+        int4_entry(lib)(codes.data_ptr(), scales.data_ptr(), hidden.data_ptr(), out.data_ptr(), 2, 203, 128, 2)
         outs.append(out)
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(outs[0], _int4_reference(weight, hidden), rtol=1e-5, atol=1e-5)

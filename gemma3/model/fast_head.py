@@ -6,8 +6,8 @@ approximate logits, takes the ``k`` best rows and recomputes them exactly from t
 
 - `RescoredInt8Head`: an int8 copy, one scale per vocabulary row (168 MB, fbgemm's dynamic int8 linear);
 - `RescoredInt4Head`: int4 codes in groups of 32 with fp16 scales against int8 activations in groups of 32 (94 MB,
-  ``csrc/decode_cpu.cpp``, blocks of 8 vocabulary rows), 4.6 instead of 10.6 ms a token on 2 cores of the AVX2
-  machine; batches of more than two rows take its int8 copy, where arithmetic rather than bytes counts.
+  ``csrc/decode_cpu.cpp``, blocks of 8 vocabulary rows), 4.6 instead of 10.6 ms a token on 2 cores of an AVX2-only
+  AMD EPYC; batches of more than two rows take its int8 copy, where arithmetic rather than bytes counts.
 
 The largest logit, and so the greedy token, is exact unless the approximation's error exceeds the gap between the
 true best and the k-th candidate: with k = 32, over Gemma 3 270M's teacher-forced positions of the decoding bench's
@@ -24,7 +24,7 @@ import contextlib
 import ctypes
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,15 @@ def pack_int4(weight: torch.Tensor, rows: int = 16384) -> tuple[torch.Tensor, to
     return codes, scales
 
 
+def int4_entry(library: ctypes.CDLL) -> Callable:
+    """``gemma3_int4_logits`` of the decoding kernels' library, typed for ctypes: (codes, scales, hidden, logits, M,
+    V, D, threads)."""
+    fn = library.gemma3_int4_logits
+    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
+    return fn
+
+
 class RescoredInt4Head(RescoredInt8Head):
     """The rescored head on int4 codes (groups of 32 with fp16 scales, `pack_int4`) against int8 activations
     (groups of 32), computed by ``csrc/decode_cpu.cpp``: 94 MB read per token for Gemma 3 270M's head, against 168
@@ -129,9 +138,7 @@ class RescoredInt4Head(RescoredInt8Head):
         library = load_kernel(DECODE_KERNEL)
         if library is None:
             raise RuntimeError(f"{DECODE_KERNEL}.cpp could not be built on this machine (see the warning above)")
-        self._logits = library.gemma3_int4_logits
-        self._logits.restype = None
-        self._logits.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 4
+        self._logits = int4_entry(library)
         self.codes, self.scales = pack_int4(weight)
         self.width = self.codes.shape[1] * INT4_BLOCK
 

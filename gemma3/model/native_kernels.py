@@ -1,7 +1,7 @@
 """Small C++ kernels compiled for this machine on first use and called through ``ctypes``.
 
 A kernel is one C++ file in ``gemma3/model/csrc`` with a C entry point and nothing beyond the C++ standard library
-and the folder's own headers (``run_jobs.h``):
+and the folder's own headers (``run_jobs.h``, ``vexp.h``):
 it compiles in about a second with the system's C++ compiler (``$CXX``, else ``c++`` / ``g++``) at ``-O3
 -march=native``, so each machine runs code for its own vector instructions (AVX2, AVX512). The shared library is
 cached in ``$GEMMA3_KERNEL_CACHE`` (default ``~/.cache/gemma3/kernels``) under a hash of the source, the compiler,

@@ -18,7 +18,7 @@ summation order (checked against ``generate`` on the real Gemma 3 270M in the te
 With fp16 copies of the projections (``linears``, `gemma3.model.fast_linears`), each layer's step is one call of
 the decoder layer kernel (``csrc/decode_cpu.cpp``: RMSNorms, the fp16 projections, rotary embedding, the cache write,
 attention and the gated MLP), where the Python step makes ~35 torch calls whose fixed costs were a third of a step.
-Measured on 2 cores of an AVX2 machine (``bench/bench_decode.py``, Gemma 3 270M, int8 head): 29.9 ms a token with the
+Measured on 2 cores of an AVX2-only AMD EPYC (Gemma 3 270M, int8 head): 29.9 ms a token with the
 Python step and fbgemm's fp16 GEMM, 19.1 with the kernel; the same greedy tokens as fp32 ``generate``.
 """
 
@@ -145,13 +145,13 @@ def _native_step(layer: _Layer, attn: nn.Module, window: int) -> Callable | None
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int64] * 9 + [ctypes.c_float] * 2 + [ctypes.c_int64]
     weights = (ctypes.c_void_p * 7)(*(p.half_weight.data_ptr() for p in projections))
     norms = [layer.norms[0], layer.q_norm, layer.k_norm, *layer.norms[1:]]
-    norm_ptrs = (ctypes.c_void_p * 6)(*(n.weight.data_ptr() for n in norms))
-    keep = (projections, norms)  # the tensors behind the pointers stay alive with the closure
+    norm_ptrs = (ctypes.c_void_p * 6)(*(n.weight.data_ptr() for n in norms))  # `layer`, which the step keeps,
+    # holds the tensors behind these pointers
     hq, hk, hd = config.num_attention_heads, config.num_key_value_heads, layer.head_dim
     inter, eps = layer.gate.out_features, layer.norms[0].eps
 
     def step(h: torch.Tensor, cos, sin, keys, values, col: int, key_ok: torch.Tensor) -> torch.Tensor:
-        assert keep and h.is_contiguous() and keys.is_contiguous() and values.is_contiguous()
+        assert h.is_contiguous() and keys.is_contiguous() and values.is_contiguous()
         b, d = h.shape[0], h.shape[-1]
         fn(h.data_ptr(), ctypes.addressof(weights), ctypes.addressof(norm_ptrs), cos.data_ptr(), sin.data_ptr(),
            keys.data_ptr(), values.data_ptr(), key_ok.data_ptr(), b, d, hq, hk, hd, inter, keys.shape[2], col, window,
